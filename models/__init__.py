@@ -1,0 +1,5 @@
+from .segvg import build_segvg
+
+
+def build_model(args):
+    return build_segvg(args)

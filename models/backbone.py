@@ -1,0 +1,38 @@
+"""ResNet body returning the stride-32 C5 map (DETR's backbone without the joiner)."""
+from functools import partial
+
+import torchvision
+from torch import nn
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops import FrozenBatchNorm2d
+
+NORM_LAYERS = {
+    "frozen": FrozenBatchNorm2d,
+    "batch": nn.BatchNorm2d,
+    "group": partial(nn.GroupNorm, 32),
+}
+STRIDE = 32
+
+
+class Backbone(nn.Module):
+    def __init__(self, name, norm="frozen", train_backbone=True, train_stem=False):
+        super().__init__()
+        if norm not in NORM_LAYERS:
+            raise ValueError(f"unknown backbone norm {norm!r}; choose from {sorted(NORM_LAYERS)}")
+        resnet = getattr(torchvision.models, name)(weights=None, norm_layer=NORM_LAYERS[norm])
+        for param_name, param in resnet.named_parameters():
+            # The stem and layer1 stay frozen as in DETR unless training from scratch.
+            in_stem = not param_name.startswith(("layer2", "layer3", "layer4"))
+            if not train_backbone or (in_stem and not train_stem):
+                param.requires_grad_(False)
+        self.body = IntermediateLayerGetter(resnet, return_layers={"layer4": "0"})
+        self.num_channels = 512 if name in ("resnet18", "resnet34") else 2048
+
+    def forward(self, x):
+        """[B, 3, H, W] -> [B, channels, H/32, W/32]"""
+        return self.body(x)["0"]
+
+
+def build_backbone(args):
+    return Backbone(args.backbone, args.backbone_norm, train_backbone=args.lr_visu_cnn > 0,
+                    train_stem=args.train_stem)
