@@ -1,0 +1,153 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from model_helpers import model_inputs, tiny_args, tiny_batch
+from models import build_model
+from models.attention import MultiheadAttention
+from models.segvg import MLP, SegmentationHead
+from train import get_args_parser
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(tiny_args())
+
+
+def test_output_shapes(model):
+    args = tiny_args()
+    batch = tiny_batch(args)
+    g, layers, queries = args.imsize // 32, args.vl_dec_layers, args.num_seg_queries
+    model.train()
+    out = model(*model_inputs(batch))
+    assert out["pred_boxes"].shape == (3, 4)
+    assert out["aux_boxes"].shape == (layers, 3, 4)
+    assert out["seg_logits"].shape == (3, g, g)
+    assert out["aux_seg_logits"].shape == (layers, queries, 3, g, g)
+    assert ((out["pred_boxes"] > 0) & (out["pred_boxes"] < 1)).all()
+    model.eval()
+    with torch.no_grad():
+        out = model(*model_inputs(batch))
+    assert "aux_seg_logits" not in out
+    assert torch.equal(out["pred_boxes"], out["aux_boxes"][-1])
+
+
+def test_eval_outputs_are_the_training_branch_without_dropout(model):
+    batch = tiny_batch(tiny_args())
+    model.eval()
+    with torch.no_grad():
+        plain = model(*model_inputs(batch))
+        full = model(*model_inputs(batch), aux=True)
+    torch.testing.assert_close(full["aux_seg_logits"][-1, 0], plain["seg_logits"])
+    torch.testing.assert_close(full["aux_boxes"], plain["aux_boxes"])
+
+
+def test_text_padding_never_changes_outputs(model):
+    batch = tiny_batch(tiny_args())
+    changed = dict(batch, text_ids=batch["text_ids"].clone())
+    pad = batch["text_mask"] == 0
+    assert pad.any()
+    changed["text_ids"][pad] = 7  # any token id at a padded position
+    model.eval()
+    with torch.no_grad():
+        a = model(*model_inputs(batch), aux=True)
+        b = model(*model_inputs(changed), aux=True)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    # Changing a real token does change the prediction (the test above is not vacuous).
+    real = dict(batch, text_ids=batch["text_ids"].clone())
+    real["text_ids"][0, 1] = (real["text_ids"][0, 1] + 1) % 50
+    with torch.no_grad():
+        c = model(*model_inputs(real))
+    assert not torch.allclose(a["pred_boxes"][0], c["pred_boxes"][0])
+
+
+def test_attention_matches_torch_multihead_attention():
+    torch.manual_seed(0)
+    ours = MultiheadAttention(16, 4)
+    ref = nn.MultiheadAttention(16, 4, batch_first=True)
+    ref.load_state_dict(ours.state_dict())
+    q, k, v = torch.randn(3, 2, 5, 16).unbind(0)
+    pad = torch.tensor([[False] * 4 + [True], [False] * 5])
+    torch.testing.assert_close(ours(q, k, v, pad), ref(q, k, v, key_padding_mask=pad, need_weights=False)[0])
+
+
+def test_drop_key_masks_keys_only_in_training():
+    torch.manual_seed(0)
+    attn = MultiheadAttention(16, 4, drop_key=0.5)
+    x = torch.randn(2, 6, 16)
+    attn.eval()
+    reference = attn(x, x, x)
+    torch.testing.assert_close(attn(x, x, x), reference)
+    attn.train()
+    assert not torch.allclose(attn(x, x, x), reference)
+
+
+def test_segmentation_head_equals_mlp_on_concatenation():
+    torch.manual_seed(0)
+    head = SegmentationHead(16, 8, 1, 3)
+    mlp = MLP(16, 8, 1, 3)
+    mlp.load_state_dict(head.state_dict())
+    queries, pixels = torch.randn(4, 2, 5, 8), torch.randn(2, 9, 8)  # [layers, B, Q, C], [B, P, C]
+    concat = torch.cat([queries[..., None, :].expand(-1, -1, -1, 9, -1),
+                        pixels[None, :, None].expand(4, -1, 5, -1, -1)], dim=-1)
+    torch.testing.assert_close(head(queries, pixels), mlp(concat).squeeze(-1))
+
+
+def test_stem_and_layer1_frozen_unless_requested():
+    def frozen(model):
+        return {n for n, p in model.visual.backbone.named_parameters() if not p.requires_grad}
+
+    names = frozen(build_model(tiny_args()))
+    assert names and all(n.startswith(("body.conv1", "body.bn1", "body.layer1")) for n in names)
+    assert "body.layer1.0.conv1.weight" in names
+    assert not frozen(build_model(tiny_args("--train_stem", "--backbone_norm", "batch")))
+    model = build_model(tiny_args("--lr_visu_cnn", "0", "--lr_visu_tra", "0"))
+    assert not any(p.requires_grad for p in model.visual.parameters())
+    assert not any(p.requires_grad for p in model.text.bert.pooler.parameters())
+
+
+def test_parameter_groups_cover_every_trainable_parameter(model):
+    groups = model.parameter_groups()
+    grouped = [p for params in groups.values() for p in params]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(grouped) == len(trainable) and {id(p) for p in grouped} == {id(p) for p in trainable}
+    assert {id(p) for p in groups["text"]} == {id(p) for p in model.text.parameters() if p.requires_grad}
+    assert {id(p) for p in groups["visual_cnn"]} == {
+        id(p) for p in model.visual.backbone.parameters() if p.requires_grad}
+
+
+def test_full_configuration_parameter_count():
+    model = build_model(get_args_parser().parse_args(["--bert_init", "random"]))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    pooler = sum(p.numel() for p in model.text.bert.pooler.parameters())
+    stem = sum(p.numel() for p in model.visual.backbone.parameters() if not p.requires_grad)
+    # The original counts 186,108,933 trainable parameters: ours minus the unused, frozen BERT pooler.
+    assert pooler == 590_592
+    assert trainable + pooler == 186_108_933
+    assert trainable + pooler + stem == 186_331_333
+
+
+def test_configuration_errors_are_clear():
+    with pytest.raises(ValueError, match="multiple of the backbone stride"):
+        build_model(tiny_args("--imsize", "70"))
+    with pytest.raises(ValueError, match="cannot be split evenly"):
+        build_model(tiny_args("--enc_layers", "3"))
+
+
+def test_backward_reaches_every_trainable_parameter(model):
+    from utils.losses import build_criterion
+
+    args = tiny_args()
+    batch = tiny_batch(args)
+    model = copy.deepcopy(model).train()
+    for m in model.modules():  # deterministic: dropout off, training branch on
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    losses = build_criterion(args)(model(*model_inputs(batch)), batch["target"], batch["pos_region"])
+    losses["loss"].backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad
