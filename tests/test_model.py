@@ -151,3 +151,15 @@ def test_backward_reaches_every_trainable_parameter(model):
     losses["loss"].backward()
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not no_grad
+
+
+def test_bf16_autocast_forward_and_fp32_loss(model):
+    from utils.losses import build_criterion
+
+    args = tiny_args()
+    batch = tiny_batch(args)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = build_criterion(args)(model(*model_inputs(batch)), batch["target"], batch["pos_region"])
+    assert all(v.dtype == torch.float32 and v.isfinite() for v in losses.values())
+    losses["loss"].backward()

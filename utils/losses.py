@@ -37,7 +37,13 @@ class SegVGLoss(nn.Module):
 
     def forward(self, outputs, target, pos_region):
         """outputs: the model's training outputs; target [B, 4] cx,cy,w,h; pos_region [B, S, S]."""
-        boxes, seg = outputs["aux_boxes"], outputs["aux_seg_logits"]  # [layers, B, 4], [layers, Q, B, g, g]
+        # Always fp32: binary cross-entropy on probabilities is not autocast-safe.
+        with torch.autocast(target.device.type, enabled=False):
+            return self._losses(outputs["aux_boxes"].float(), outputs["aux_seg_logits"].float(), target.float(),
+                                pos_region)
+
+    def _losses(self, boxes, seg, target, pos_region):
+        """boxes [layers, B, 4], seg [layers, Q, B, g, g]"""
         layers, queries, batch = seg.shape[:3]
         # Upsample to the canvas before the sigmoid, as the original does.
         logits = F.interpolate(seg.flatten(0, 2)[:, None], size=pos_region.shape[-2:], mode="bilinear",
