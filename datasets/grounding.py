@@ -1,0 +1,184 @@
+"""Referring-expression datasets in the TransVG/SegVG index format (SPEC §4.1-§4.3)."""
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .tokenizer import encode_text
+
+_COCO = {"image_dir": "other/images/mscoco/images/train2014", "box": "xywh", "fields": 5}
+CATALOG = {
+    "unc": dict(_COCO, splits=("train", "val", "trainval", "testA", "testB")),
+    "unc+": dict(_COCO, splits=("train", "val", "trainval", "testA", "testB")),
+    "gref": dict(_COCO, splits=("train", "val")),
+    "gref_umd": dict(_COCO, splits=("train", "val", "test")),
+    "referit": {"image_dir": "referit/images", "box": "xyxy", "fields": 5,
+                "splits": ("train", "val", "trainval", "test")},
+    "flickr": {"image_dir": "Flickr30k/flickr30k_images", "box": "xyxy", "fields": 3,
+               "splits": ("train", "val", "test")},
+    # Built-in synthetic set (datasets/demo.py); the 2nd field is the instance label in demo/masks/.
+    "demo": {"image_dir": "demo/images", "mask_dir": "demo/masks", "box": "xywh", "fields": 5,
+             "splits": ("train", "val", "test")},
+}
+
+# Sizes usually cited in the literature (SPEC §4.1; not verified from the files) and the demo defaults.
+EXPECTED_SIZES = {
+    "unc": {"train": 120624, "val": 10834, "testA": 5657, "testB": 5095},
+    "unc+": {"train": 120191, "val": 10758, "testA": 5726, "testB": 4889},
+    "gref_umd": {"train": 80512, "val": 4896, "test": 9602},
+    "referit": {"train": 54127, "val": 5842, "test": 60103},
+    "flickr": {"train": 427000, "val": 14433, "test": 14481},
+    "demo": {"train": 20000, "val": 1000, "test": 1000},
+}
+APPROXIMATE_SIZES = {("flickr", "train")}
+
+
+def how_to_get(dataset):
+    """One line telling the user how to obtain `dataset`."""
+    if dataset == "demo":
+        return "Generate it with `python -m datasets.demo --out DIR`, then pass --data_root DIR --split_root DIR/split."
+    return ("Download the SegVG/TransVG data index files into --split_root and the images into --data_root as "
+            "README.md 'Data preparation' describes; check the result with `python -m datasets.validate`.")
+
+
+def index_files(split_root, dataset, split):
+    """Index files that make up `split`; trainval is train + val except for referit, which has its own."""
+    if dataset not in CATALOG:
+        raise ValueError(f"unknown dataset '{dataset}'; choose from {sorted(CATALOG)}")
+    splits = CATALOG[dataset]["splits"]
+    if split not in splits:
+        raise ValueError(f"dataset '{dataset}' has no split '{split}'; its splits are {list(splits)}")
+    parts = ["train", "val"] if split == "trainval" and dataset != "referit" else [split]
+    return [Path(split_root) / dataset / f"{dataset}_{part}.pth" for part in parts]
+
+
+def load_index(path, dataset):
+    """The list of tuples stored in one index file, with an error that says what to do when absent."""
+    path = Path(path)
+    if not path.is_file():
+        missing = f"index file {path}" if path.parent.is_dir() else f"index folder {path.parent}"
+        raise FileNotFoundError(f"{missing} not found. {how_to_get(dataset)}")
+    try:
+        return list(torch.load(path, weights_only=True))
+    except Exception as err:
+        raise RuntimeError(f"cannot load index file {path}: {err}") from err
+
+
+def parse_entry(entry, dataset, float_boxes=False):
+    """One index tuple -> (image file, xyxy box as the loader uses it, phrase, extra fields).
+
+    COCO-family boxes are x,y,w,h; like the original, each number is truncated to int before the
+    conversion to x1,y1,x2,y2 unless float_boxes. Raises ValueError describing a malformed tuple.
+    """
+    spec = CATALOG[dataset]
+    if not isinstance(entry, (tuple, list)) or len(entry) != spec["fields"]:
+        layout = "(file, box, phrase)" if spec["fields"] == 3 else "(file, id, box, phrase, attribute)"
+        raise ValueError(f"expected a {spec['fields']}-tuple {layout}, got {entry!r:.200}")
+    if spec["fields"] == 3:
+        file_name, box, phrase = entry
+        extra = {}
+    else:
+        file_name, ann_id, box, phrase, attribute = entry
+        extra = {"ann_id": ann_id, "attribute": attribute}
+    if not isinstance(file_name, str) or not file_name:
+        raise ValueError(f"image file name must be a non-empty string, got {file_name!r}")
+    if not isinstance(phrase, str):
+        raise ValueError(f"phrase must be a string, got {phrase!r}")
+    try:
+        values = [float(v) for v in box]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"box must be 4 finite numbers, got {box!r}")
+    if not float_boxes:
+        values = [float(int(v)) for v in values]
+    if spec["box"] == "xywh":
+        values[2] += values[0]
+        values[3] += values[1]
+    return file_name, values, phrase, extra
+
+
+def read_rgb(path):
+    """uint8 [H, W, 3] RGB whatever the file holds (gray, CMYK, RGBA, palette, 16-bit: top 8 bits).
+
+    OpenCV decodes JPEGs to the same pixels as PIL, faster; PIL reads what OpenCV cannot, or says why.
+    EXIF orientation is ignored, as the original ignores it (boxes refer to the stored pixels).
+    """
+    img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if img is not None:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    with Image.open(path) as pil:
+        return np.asarray(pil.convert("RGB"))
+
+
+class GroundingDataset(Dataset):
+    """One split of a referring-expression dataset; samples are dicts of tensors (see collate_fn)."""
+
+    def __init__(self, data_root, split_root, dataset, split, transform, tokenizer, max_query_len,
+                 float_boxes=False):
+        self.dataset = dataset
+        self.split = split
+        self.index_files = index_files(split_root, dataset, split)
+        self.entries = [entry for path in self.index_files for entry in load_index(path, dataset)]
+        self.image_dir = Path(data_root) / CATALOG[dataset]["image_dir"]
+        mask_dir = CATALOG[dataset].get("mask_dir")
+        self.mask_dir = Path(data_root) / mask_dir if mask_dir else None
+        self.transform = transform
+        self.tokenizer = tokenizer
+        self.max_query_len = max_query_len
+        self.float_boxes = float_boxes
+
+    def __len__(self):
+        return len(self.entries)
+
+    def _parse(self, idx):
+        try:
+            return parse_entry(self.entries[idx], self.dataset, self.float_boxes)
+        except ValueError as err:
+            raise ValueError(f"{self.dataset}/{self.split} sample {idx}: malformed index entry: {err}. "
+                             f"Run `python -m datasets.validate` on this dataset.") from None
+
+    def sample_info(self, idx):
+        """Metadata of sample idx without reading the image: image path, raw phrase, xyxy box, and
+        for the demo the expression type and the instance mask (file, label)."""
+        file_name, box, phrase, extra = self._parse(idx)
+        info = {"image": str(self.image_dir / file_name), "phrase": phrase, "box": box, **extra}
+        if self.mask_dir is not None:
+            info.update(expr_type=extra["attribute"], mask=str(self.mask_dir / file_name),
+                        mask_label=extra["ann_id"])
+        return info
+
+    def instance_mask(self, idx):
+        """Ground-truth instance mask of sample idx, bool [H, W] (datasets that ship masks only)."""
+        if self.mask_dir is None:
+            raise ValueError(f"dataset '{self.dataset}' has no instance masks")
+        info = self.sample_info(idx)
+        with Image.open(info["mask"]) as labels:
+            return np.asarray(labels) == info["mask_label"]
+
+    def load_image(self, idx):
+        """uint8 [H, W, 3] RGB image of sample idx."""
+        return self._read(idx, self._parse(idx)[0])
+
+    def _read(self, idx, file_name):
+        path = self.image_dir / file_name
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.dataset}/{self.split} sample {idx}: image {path} not found")
+        try:
+            return read_rgb(path)
+        except Exception as err:
+            raise RuntimeError(f"{self.dataset}/{self.split} sample {idx}: cannot read image {path}: {err}") from err
+
+    def __getitem__(self, idx):
+        file_name, box, phrase, _ = self._parse(idx)
+        sample = {"img": self._read(idx, file_name), "box": np.float32(box), "text": phrase.lower()}
+        out = self.transform(sample)
+        ids, mask = encode_text(self.tokenizer, out.pop("text"), self.max_query_len)
+        out["text_ids"] = torch.tensor(ids, dtype=torch.long)
+        out["text_mask"] = torch.tensor(mask, dtype=torch.long)
+        out["index"] = idx
+        return out

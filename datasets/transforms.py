@@ -1,0 +1,251 @@
+"""Augmentations of the original SegVG/TransVG pipeline (SPEC §4.5-§4.6) on numpy images.
+
+A sample is a dict {"img": uint8 [H, W, 3] RGB, "box": float32 [4] xyxy in image pixels, "text": str}.
+Every transform keeps the box on the same pixels as the image; NormalizeAndPad ends the pipeline and
+returns the tensors the model sees. Randomness comes from Python's `random`, which DataLoader seeds
+per worker.
+"""
+import random
+import re
+
+import cv2
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The crop branch never runs when the text contains one of these, as a substring (original gate).
+DIRECTION_WORDS = ("left", "right", "top", "bottom", "middle")
+
+# Whole words only, so "bright" and "upright" survive; "leftmost", "left-hand" etc. swap their stem.
+_LEFT_RIGHT = re.compile(r"\b(left|right)(most|hand|side|ward|wards)?\b")
+
+
+def swap_left_right(text, mode="word"):
+    """Mirror the direction words of `text`: whole words ("word") or the original substring swap ("legacy")."""
+    if mode == "legacy":
+        return text.replace("right", "*&^special^&*").replace("left", "right").replace("*&^special^&*", "left")
+    return _LEFT_RIGHT.sub(lambda m: ("right" if m[1] == "left" else "left") + (m[2] or ""), text)
+
+
+def resize(img, width, height):
+    """Bilinear resize; area averaging below half size, where bilinear would alias (PIL antialiases)."""
+    if (width, height) == (img.shape[1], img.shape[0]):
+        return img
+    shrink = width < img.shape[1] / 2 or height < img.shape[0] / 2
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+class Compose:
+    def __init__(self, transforms):
+        self.transforms = transforms
+
+    def __call__(self, sample):
+        for t in self.transforms:
+            sample = t(sample)
+        return sample
+
+
+class RandomResize:
+    """Resize the long (or short) side to a size drawn from `sizes`; the new size is rounded."""
+
+    def __init__(self, sizes, long_side=True):
+        self.sizes = list(sizes)
+        self.long_side = long_side
+
+    def __call__(self, sample):
+        img = sample["img"]
+        h, w = img.shape[:2]
+        size = random.choice(self.sizes)
+        ratio = size / (max(h, w) if self.long_side else min(h, w))
+        sample["img"] = resize(img, round(w * ratio), round(h * ratio))
+        sample["box"] = sample["box"] * np.float32(ratio)
+        return sample
+
+
+class RandomSizeCrop:
+    """Up to `max_try` random crops; the first one keeping IoU >= 0.5 with the box is taken (VLTVG)."""
+
+    def __init__(self, min_size, max_size, max_try=20):
+        self.min_size = min_size
+        self.max_size = max_size
+        self.max_try = max_try
+
+    def __call__(self, sample):
+        img, box = sample["img"], sample["box"]
+        img_h, img_w = img.shape[:2]
+        area = (box[2] - box[0]) * (box[3] - box[1])
+        for _ in range(self.max_try):
+            w = random.randint(self.min_size, min(img_w, self.max_size))
+            h = random.randint(self.min_size, min(img_h, self.max_size))
+            top = random.randint(0, img_h - h)
+            left = random.randint(0, img_w - w)
+            crop_box = np.clip(box - np.float32([left, top, left, top]), 0, np.float32([w, h, w, h]))
+            # The clipped box lies inside the original one, so IoU = clipped area / original area.
+            if area > 0 and (crop_box[2] - crop_box[0]) * (crop_box[3] - crop_box[1]) >= 0.5 * area:
+                sample["img"] = img[top:top + h, left:left + w]
+                sample["box"] = crop_box
+                return sample
+        return sample
+
+
+class RandomSelect:
+    """`first` for texts with a direction word (cropping could change what they refer to), else `second` with p."""
+
+    def __init__(self, first, second, p=0.5):
+        self.first = first
+        self.second = second
+        self.p = p
+
+    def __call__(self, sample):
+        if any(word in sample["text"] for word in DIRECTION_WORDS):
+            return self.first(sample)
+        if random.random() < self.p:
+            return self.second(sample)
+        return self.first(sample)
+
+
+def _blend_lut(base, factor):
+    """uint8 lookup table of PIL's Image.blend(base, img, factor): float32 maths, clipped, truncated."""
+    values = np.float32(base) + np.float32(factor) * (np.arange(256, dtype=np.float32) - np.float32(base))
+    return np.clip(values, 0, 255).astype(np.uint8)
+
+
+class ColorJitter:
+    """PIL ImageEnhance brightness, contrast and saturation, factors U[1-x, 1+x], random order, prob. p."""
+
+    def __init__(self, brightness=0.4, contrast=0.4, saturation=0.4, p=0.8):
+        self.ranges = [(max(0.0, 1 - x), 1 + x) for x in (brightness, contrast, saturation)]
+        self.p = p
+
+    @staticmethod
+    def brightness(img, factor):
+        return cv2.LUT(img, _blend_lut(0, factor))
+
+    @staticmethod
+    def contrast(img, factor):
+        mean = int(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).mean() + 0.5)
+        return cv2.LUT(img, _blend_lut(mean, factor))
+
+    @staticmethod
+    def saturation(img, factor):
+        gray = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+        return cv2.addWeighted(img, factor, gray, 1 - factor, 0)
+
+    def __call__(self, sample):
+        if random.random() < self.p:
+            ops = [(self.brightness, self.ranges[0]), (self.contrast, self.ranges[1]),
+                   (self.saturation, self.ranges[2])]
+            random.shuffle(ops)
+            for op, (low, high) in ops:
+                sample["img"] = op(sample["img"], random.uniform(low, high))
+        return sample
+
+
+class GaussianBlur:
+    """Gaussian blur with sigma (PIL's "radius") U[0.1, 2.0], probability p."""
+
+    def __init__(self, p=0.5, sigma=(0.1, 2.0)):
+        self.p = p
+        self.sigma = sigma
+
+    def __call__(self, sample):
+        if random.random() < self.p:
+            sample["img"] = cv2.GaussianBlur(sample["img"], (0, 0), random.uniform(*self.sigma))
+        return sample
+
+
+class RandomHorizontalFlip:
+    """Mirror image and box, and swap left/right in the text so that it still describes the box."""
+
+    def __init__(self, p=0.5, text_mode="word"):
+        self.p = p
+        self.text_mode = text_mode
+
+    def __call__(self, sample):
+        if random.random() < self.p:
+            w = sample["img"].shape[1]
+            x1, y1, x2, y2 = sample["box"]
+            sample["img"] = cv2.flip(sample["img"], 1)
+            sample["box"] = np.float32([w - x2, y1, w - x1, y2])
+            sample["text"] = swap_left_right(sample["text"], self.text_mode)
+        return sample
+
+
+class NormalizeAndPad:
+    """ImageNet-normalise, paste on a zero size x size canvas, and build the box targets.
+
+    Returns img [3,S,S] float, img_mask [S,S] bool (True = padding, only with mask_padding; the original
+    marks none), target [4] normalised cx,cy,w,h on the canvas, pos_region [S,S] bool (the truncated
+    integer box filled, SPEC §3.2) and the text.
+    """
+
+    def __init__(self, size, translate=False, mask_padding=False):
+        self.size = size
+        self.translate = translate
+        self.mask_padding = mask_padding
+        std = np.float32(IMAGENET_STD)
+        # (x / 255 - mean) / std as one multiply-subtract on the uint8 values.
+        self.scale = 1 / (255 * std)
+        self.shift = np.float32(IMAGENET_MEAN) / std
+
+    def __call__(self, sample):
+        img = sample["img"]
+        h, w = img.shape[:2]
+        size = self.size
+        if self.translate:
+            top = random.randint(0, size - h)
+            left = random.randint(0, size - w)
+        else:
+            top = round((size - h) / 2 - 0.1)
+            left = round((size - w) / 2 - 0.1)
+
+        # numpy, not torch: torch would spread these small ops over threads, which costs far more than
+        # it saves when the loader runs in the main process next to other jobs.
+        canvas = np.zeros((3, size, size), np.float32)
+        for c, plane in enumerate(cv2.split(img)):  # contiguous planes: twice as fast as a strided transpose
+            region = canvas[c, top:top + h, left:left + w]
+            np.multiply(plane, self.scale[c], out=region)
+            region -= self.shift[c]
+
+        img_mask = np.zeros((size, size), bool)
+        if self.mask_padding:
+            img_mask[:] = True
+            img_mask[top:top + h, left:left + w] = False
+
+        x1, y1, x2, y2 = (float(v) for v in sample["box"] + np.float32([left, top, left, top]))
+        # int() truncates like the original; clamping only matters for boxes outside the image.
+        c1, r1, c2, r2 = (min(max(int(v), 0), size) for v in (x1, y1, x2, y2))
+        pos_region = np.zeros((size, size), bool)
+        pos_region[r1:r2, c1:c2] = True
+
+        target = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dtype=torch.float32) / size
+        return {"img": torch.from_numpy(canvas), "img_mask": torch.from_numpy(img_mask), "target": target,
+                "pos_region": torch.from_numpy(pos_region), "text": sample["text"]}
+
+
+def make_transforms(args, train):
+    """Training (SPEC §4.5) or evaluation (§4.6) pipeline for canvas size args.imsize.
+
+    The original's absolute sizes (scales 640-32i, crop branch 400-600 / 384-600) are for a 640 canvas;
+    they scale with imsize / 640 so that small canvases keep the same relative geometry.
+    """
+    size = args.imsize
+    if not train:
+        return Compose([RandomResize([size]), NormalizeAndPad(size, mask_padding=args.mask_padding)])
+
+    rel = size / 640
+    scales = [round(size * (20 - i) / 20) for i in range(7)] if args.aug_scale else [size]
+    crop = Compose([
+        RandomResize([round(s * rel) for s in (400, 500, 600)], long_side=False),
+        RandomSizeCrop(round(384 * rel), round(600 * rel)),
+        RandomResize(scales),
+    ])
+    return Compose([
+        RandomSelect(RandomResize(scales), crop, p=0.5 if args.aug_crop else 0.0),
+        ColorJitter(0.4, 0.4, 0.4),
+        GaussianBlur(p=0.5 if args.aug_blur else 0.0),
+        RandomHorizontalFlip(text_mode=args.flip_text),
+        NormalizeAndPad(size, translate=args.aug_translate, mask_padding=args.mask_padding),
+    ])

@@ -1,0 +1,101 @@
+"""Check a dataset setup before a long run.
+
+    python -m datasets.validate --dataset unc --data_root R --split_root S [--split testA]
+
+Prints the number of expressions per split next to the expected size (SPEC §4.1), then every problem
+with its index file and entry number: missing index file or image, unreadable image, malformed tuple,
+degenerate or out-of-image box, empty phrase. Exits with status 1 when there is any problem.
+"""
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .grounding import (APPROXIMATE_SIZES, CATALOG, EXPECTED_SIZES, how_to_get, index_files, load_index,
+                        parse_entry, read_rgb)
+
+
+def validate(dataset, data_root, split_root, splits=None, out=None):
+    """-> list of problem strings; the counts table and the problems are printed to `out` (stdout)."""
+    out = out or sys.stdout
+    splits = splits or [s for s in CATALOG[dataset]["splits"] if s != "trainval" or dataset == "referit"]
+    problems = []
+    uses = defaultdict(list)  # image file -> [(where, box)] for the entries that use it
+    print(f"dataset {dataset}: index files under {Path(split_root) / dataset}, images under "
+          f"{Path(data_root) / CATALOG[dataset]['image_dir']}", file=out)
+    folder = Path(split_root) / dataset
+    if not folder.is_dir():
+        problems.append(f"index folder {folder} not found. {how_to_get(dataset)}")
+        splits = []
+    else:
+        print(f"  {'split':<10}{'entries':>10}{'expected':>12}", file=out)
+    for split in splits:
+        for path in index_files(split_root, dataset, split):
+            part = path.stem[len(dataset) + 1:]
+            try:
+                entries = load_index(path, dataset)
+            except (FileNotFoundError, RuntimeError) as err:
+                problems.append(str(err))
+                print(f"  {part:<10}{'missing' if isinstance(err, FileNotFoundError) else 'unreadable':>10}", file=out)
+                continue
+            expected = EXPECTED_SIZES.get(dataset, {}).get(part)
+            approx = (dataset, part) in APPROXIMATE_SIZES
+            note = "" if expected is None or len(entries) == expected or approx else "  (differs)"
+            shown = "unknown" if expected is None else f"{'~' if approx else ''}{expected}"
+            print(f"  {part:<10}{len(entries):>10}{shown:>12}{note}", file=out)
+            for n, entry in enumerate(entries):
+                where = f"{path}[{n}]"
+                try:
+                    file_name, box, phrase, _ = parse_entry(entry, dataset)
+                except ValueError as err:
+                    problems.append(f"{where}: malformed tuple: {err}")
+                    continue
+                if not phrase.strip():
+                    problems.append(f"{where}: empty phrase")
+                if box[2] <= box[0] or box[3] <= box[1]:
+                    problems.append(f"{where}: degenerate box {box} (x1, y1, x2, y2 as loaded)")
+                else:
+                    uses[file_name].append((where, box))
+
+    image_dir = Path(data_root) / CATALOG[dataset]["image_dir"]
+    if uses and not image_dir.is_dir():
+        problems.append(f"image folder {image_dir} not found ({len(uses)} images are referenced)")
+        uses.clear()
+    for file_name, refs in tqdm(sorted(uses.items()), desc="images", unit="img", disable=not uses):
+        path = image_dir / file_name
+        if not path.is_file():
+            problems.append(f"{refs[0][0]}: image {path} not found" + (f" (and {len(refs) - 1} more entries)"
+                                                                        if len(refs) > 1 else ""))
+            continue
+        try:
+            height, width = read_rgb(path).shape[:2]
+        except Exception as err:
+            problems.append(f"{refs[0][0]}: unreadable image {path}: {err}")
+            continue
+        for where, box in refs:
+            if box[0] < 0 or box[1] < 0 or box[2] > width or box[3] > height:
+                problems.append(f"{where}: box {box} outside the {width}x{height} image {path}")
+
+    print(f"{len(problems)} problem(s)", file=out)
+    for problem in problems:
+        print(f"  {problem}", file=out)
+    return problems
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, choices=sorted(CATALOG))
+    parser.add_argument("--data_root", required=True, help="image root (see README 'Data preparation')")
+    parser.add_argument("--split_root", required=True, help="folder holding <dataset>/<dataset>_<split>.pth")
+    parser.add_argument("--split", help="check one split only (default: all)")
+    args = parser.parse_args(argv)
+    if args.split and args.split not in CATALOG[args.dataset]["splits"]:
+        parser.error(f"dataset {args.dataset} has no split {args.split}; choose from {CATALOG[args.dataset]['splits']}")
+    problems = validate(args.dataset, args.data_root, args.split_root, [args.split] if args.split else None)
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()
