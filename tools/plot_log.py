@@ -1,0 +1,67 @@
+"""Training curves from a run's log.txt (one JSON line per epoch) to a PNG.
+
+    python tools/plot_log.py outputs/demo/log.txt [--out curves.png]
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PANELS = [("loss terms", lambda k: k.startswith("train_loss")),
+          ("learning rate", lambda k: k == "train_lr"),
+          ("validation", lambda k: k in ("validation_accu", "validation_miou", "validation_accu@0.75"))]
+
+
+def read_log(path):
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {n}: not a JSON line ({err})") from err
+    if not rows:
+        raise ValueError(f"{path} holds no epoch lines yet")
+    return rows
+
+
+def plot_log(path, out):
+    rows = read_log(path)
+    epochs = [row.get("epoch", i) for i, row in enumerate(rows)]
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
+    for ax, (title, wanted) in zip(axes, PANELS):
+        keys = sorted({k for row in rows for k, v in row.items() if wanted(k) and isinstance(v, (int, float))})
+        for key in keys:
+            points = [(e, row[key]) for e, row in zip(epochs, rows) if key in row]
+            ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=key.removeprefix("train_"))
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        if title == "learning rate":
+            ax.set_yscale("log")
+        if keys:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("log", help="log.txt written by train.py")
+    parser.add_argument("--out", default="", help="PNG to write (default: curves.png beside the log)")
+    opts = parser.parse_args(argv)
+    if not Path(opts.log).is_file():
+        raise SystemExit(f"log file not found: {opts.log} (train.py writes <output_dir>/log.txt)")
+    out = opts.out or str(Path(opts.log).with_name("curves.png"))
+    print(f"wrote {plot_log(opts.log, out)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

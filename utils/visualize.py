@@ -1,0 +1,40 @@
+"""Overlays of a grounding prediction: image, predicted box, translucent mask, phrase and confidence."""
+import textwrap
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+PRED_COLOUR = (0, 220, 0)
+GT_COLOUR = (255, 200, 0)
+MASK_COLOUR = np.array([255, 40, 40], np.float32)
+
+
+def draw_overlay(image, pred_box, mask=None, phrase="", confidence=None, gt_box=None, iou=None):
+    """image: uint8 [H, W, 3] RGB; boxes xyxy in its pixels; mask: [H, W] probabilities in [0, 1].
+    Returns a PIL image: the mask blended in red (opacity = probability x 0.5), the prediction in green,
+    the ground truth in amber, and a caption band with the phrase and the scores."""
+    h, w = image.shape[:2]
+    canvas = image.astype(np.float32)
+    if mask is not None:
+        alpha = 0.5 * np.clip(mask, 0, 1)[..., None]
+        canvas = canvas * (1 - alpha) + MASK_COLOUR * alpha
+    img = Image.fromarray(canvas.round().astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    thickness = max(2, round(max(h, w) / 200))
+    if gt_box is not None:
+        draw.rectangle([float(v) for v in gt_box], outline=GT_COLOUR, width=thickness)
+    draw.rectangle([float(v) for v in pred_box], outline=PRED_COLOUR, width=thickness)
+
+    font = ImageFont.load_default(size=max(12, round(max(h, w) / 40)))
+    scores = [f"conf {confidence:.2f}" if confidence is not None else "", f"IoU {iou:.2f}" if iou is not None else ""]
+    caption = " | ".join(s for s in [f'"{phrase}"', *scores] if s)
+    line_height = font.size + 4
+    lines = textwrap.wrap(caption, width=max(20, int(w / (0.55 * font.size)))) or [""]
+    band = Image.new("RGB", (w, line_height * len(lines) + 6), (0, 0, 0))
+    band_draw = ImageDraw.Draw(band)
+    for i, line in enumerate(lines):
+        band_draw.text((4, 3 + i * line_height), line, fill=(255, 255, 255), font=font)
+    out = Image.new("RGB", (w, h + band.height))
+    out.paste(img, (0, 0))
+    out.paste(band, (0, h))
+    return out
