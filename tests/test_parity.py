@@ -34,3 +34,4 @@ def test_parity_tool_fails_and_names_the_first_divergence(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "PARITY FAILED" in out
     assert "first diverging intermediate: deepfuse.call2.0" in out
+    assert torch.is_grad_enabled()  # the tool must not leak its no_grad mode into its caller

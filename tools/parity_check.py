@@ -126,8 +126,13 @@ def main(argv=None):
     parser.add_argument("--case", required=True, help="parity case file (e.g. tests/data/case_A.pt)")
     parser.add_argument("--verbose", action="store_true", help="print every intermediate's difference")
     opts = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
-    case = safe_load(opts.case)
+    with torch.no_grad():
+        return run(opts.case, opts.verbose)
+
+
+def run(case_path, verbose=False):
+    """Compare this implementation with one case; returns the exit status (0: within every tolerance)."""
+    case = safe_load(case_path)
     recipe = case["recipe"]
     model, criterion = build_parity_model(recipe)
 
@@ -186,13 +191,13 @@ def main(argv=None):
 
     print("\n".join(report))
     first, lines = first_divergence(store, case["intermediates"])
-    if opts.verbose or failures:
+    if verbose or failures:
         print("intermediates (evaluation forward, sampled values):")
         print("\n".join(lines))
     if failures:
         print(f"PARITY FAILED: {', '.join(failures)}" + (f"; first diverging intermediate: {first}" if first else ""))
         return 1
-    print(f"PARITY OK ({case.get('name', opts.case)})")
+    print(f"PARITY OK ({case.get('name', case_path)})")
     return 0
 
 
