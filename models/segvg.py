@@ -3,7 +3,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import STRIDE
 from .text_encoder import build_text_encoder
 from .transformer import build_decoder, build_vl_encoder
 from .triple_alignment import build_triple_alignment
@@ -120,7 +119,7 @@ def build_segvg(args):
     if text.num_layers % args.enc_layers:
         raise ValueError(f"BERT has {text.num_layers} layers, which cannot be split evenly over "
                          f"{args.enc_layers} stages (--enc_layers)")
-    grid_size = args.imsize // STRIDE
+    grid_size = args.imsize // args.backbone_stride
     return SegVG(build_visual_encoder(args), text, build_triple_alignment(args, text.dim), build_vl_encoder(args),
                  build_decoder(args), args.vl_hidden_dim, args.max_query_len, grid_size, args.num_seg_queries,
                  text.num_layers // args.enc_layers)

@@ -4,7 +4,7 @@ import copy
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import STRIDE, build_backbone
+from .backbone import build_backbone
 from .position_encoding import build_position_encoding
 from .transformer import EncoderLayer, xavier_init
 
@@ -35,8 +35,9 @@ class VisualEncoder(nn.Module):
 
 
 def build_visual_encoder(args):
-    if args.imsize % STRIDE:
-        raise ValueError(f"--imsize must be a multiple of the backbone stride {STRIDE}, got {args.imsize}")
+    if args.imsize % args.backbone_stride:
+        raise ValueError(f"--imsize must be a multiple of the backbone stride {args.backbone_stride}, "
+                         f"got {args.imsize}")
     return VisualEncoder(build_backbone(args), build_position_encoding(args), args.hidden_dim, args.nheads,
                          args.dim_feedforward, args.dropout, args.enc_layers, args.pre_norm, args.drop_key,
                          train_transformer=args.lr_visu_tra > 0)
