@@ -1,5 +1,28 @@
-"""Train SegVG. Flags keep the original repository's names; defaults are the paper configuration."""
+"""Train SegVG. Flags keep the original repository's names; defaults are the paper configuration.
+
+    python train.py --dataset unc --data_root ... --split_root ... --detr_model detr-r101-unc.pth
+    torchrun --nproc_per_node 8 train.py ...     (see train.sh)
+"""
 import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+
+import utils.misc as utils
+from datasets import build_dataset, build_tokenizer, collate_fn
+from engine import AMP_DTYPES, NonFiniteLossError, evaluate, format_stats, summarize_results, train_one_epoch
+from models import build_model
+from utils.checkpoint import atomic_save, load_detr_weights, load_state_dict_checked, safe_load
+from utils.losses import build_criterion
+from utils.lr_scheduler import SCHEDULERS
+from utils.samplers import ShardSampler
 
 
 def get_args_parser():
@@ -16,7 +39,12 @@ def get_args_parser():
     parser.add_argument("--lr_power", default=0.9, type=float, help="exponent of the poly schedule")
     parser.add_argument("--clip_max_norm", default=0.1, type=float, help="0 disables clipping")
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "rmsprop", "sgd"])
-    parser.add_argument("--lr_scheduler", default="step", choices=["step", "poly", "halfdecay", "cosine"])
+    parser.add_argument("--lr_scheduler", default="step", choices=SCHEDULERS,
+                        help="per-epoch step/poly/halfdecay/cosine as the original, or per-iteration cosine_iter "
+                             "over the whole run (--epochs, or --minutes when set)")
+    parser.add_argument("--warmup_steps", default=0, type=int, help="linear lr warmup over the first iterations")
+    parser.add_argument("--minutes", default=0.0, type=float,
+                        help="training time budget: stop when it is spent (0: run all --epochs)")
     parser.add_argument("--lr_drop", default=60, type=int)
     parser.add_argument("--freeze_epochs", default=10, type=int,
                         help="epochs during which the visual and text backbones are frozen")
@@ -38,6 +66,9 @@ def get_args_parser():
                         choices=["resnet18", "resnet34", "resnet50", "resnet101"])
     parser.add_argument("--backbone_norm", default="frozen", choices=["frozen", "batch", "group"],
                         help="ResNet normalisation: frozen statistics (pretrained) or trainable (from scratch)")
+    parser.add_argument("--backbone_stride", default=32, type=int, choices=[32, 16, 8],
+                        help="16 / 8: stop the ResNet after layer3 / layer2 (finer grid, cheaper; for small images "
+                             "trained from scratch)")
     parser.add_argument("--train_stem", action="store_true",
                         help="also train the ResNet stem and layer1 (frozen in the original)")
     parser.add_argument("--position_embedding", default="sine", choices=["sine", "learned"])
@@ -88,11 +119,213 @@ def get_args_parser():
 
     # Run
     parser.add_argument("--output_dir", default="./outputs")
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cuda, cuda:N or cpu")
+    parser.add_argument("--amp", default="off", choices=sorted(AMP_DTYPES),
+                        help="autocast precision; fp16 also uses a gradient scaler")
+    parser.add_argument("--channels_last", action="store_true",
+                        help="channels-last memory format for the CNN (much faster on CPU)")
+    parser.add_argument("--deterministic", action="store_true", help="deterministic algorithms only (slower)")
     parser.add_argument("--seed", default=42, type=int)
     parser.add_argument("--resume", default="")
     parser.add_argument("--detr_model", default="", help="DETR checkpoint that initialises the visual branch")
     parser.add_argument("--start_epoch", default=0, type=int)
     parser.add_argument("--dist_url", default="env://")
-    parser.add_argument("--tensorboard", default="")
+    parser.add_argument("--tensorboard", default="", help="TensorBoard log folder (needs the tensorboard package)")
     return parser
+
+
+def build_optimizer(model, args):
+    """The original's four parameter groups (SPEC §5.1), collected once from the parameters trainable at build
+    time; each group keeps its initial lr for the schedule."""
+    lrs = {"rest": args.lr, "visual_cnn": args.lr_visu_cnn, "visual_transformer": args.lr_visu_tra,
+           "text": args.lr_bert}
+    groups = [{"params": params, "lr": lrs[name], "initial_lr": lrs[name], "name": name}
+              for name, params in model.parameter_groups().items() if params]
+    # fused: one kernel for all parameters instead of a Python loop (the step is ~10% of a small CPU model's time).
+    fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+    if args.optimizer == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=args.weight_decay, fused=fused)
+    if args.optimizer == "adam":
+        return torch.optim.Adam(groups, weight_decay=args.weight_decay, fused=fused)
+    if args.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, weight_decay=args.weight_decay)
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=0.9, weight_decay=args.weight_decay)
+    raise ValueError(f"unknown --optimizer {args.optimizer!r}")
+
+
+def backbone_parameters(model):
+    """Visual and text parameters trainable at build time: the set that --freeze_epochs toggles. Parameters
+    frozen at build (ResNet stem and layer1 unless --train_stem, BERT's pooler, branches with lr <= 0) stay
+    frozen, unlike the original's unfreeze (SPEC §5.3)."""
+    return [p for module in (model.visual, model.text) for p in module.parameters() if p.requires_grad]
+
+
+def wrap_model(model, args):
+    """One DistributedDataParallel wrap for the whole run; the frozen epochs leave the backbones without
+    gradients, which needs the unused-parameter search."""
+    if not args.distributed:
+        return model
+    on_gpu = torch.device(args.device).type == "cuda"
+    return DistributedDataParallel(model, device_ids=[args.gpu] if on_gpu else None,
+                                   find_unused_parameters=args.start_epoch < args.freeze_epochs)
+
+
+def build_loaders(args, tokenizer):
+    world, rank = utils.get_world_size(), utils.get_rank()
+    dataset_train = build_dataset("train", args, tokenizer)
+    dataset_val = build_dataset("val", args, tokenizer)
+    if len(dataset_train) < args.batch_size * world:
+        raise ValueError(f"the training split has {len(dataset_train)} samples, fewer than one global batch "
+                         f"({args.batch_size} x {world} processes)")
+    # The sampler's permutation depends only on seed and epoch, so a resumed run sees the same batches.
+    sampler_train = DistributedSampler(dataset_train, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+    pin = torch.device(args.device).type == "cuda"
+    batches = BatchSampler(sampler_train, args.batch_size, drop_last=True)
+    loader_train = DataLoader(dataset_train, batch_sampler=batches, collate_fn=collate_fn,
+                              num_workers=args.num_workers, pin_memory=pin)
+    loader_val = DataLoader(dataset_val, batch_size=args.batch_size, collate_fn=collate_fn,
+                            sampler=ShardSampler(len(dataset_val), rank, world), num_workers=args.num_workers,
+                            pin_memory=pin)
+    return loader_train, loader_val
+
+
+def json_config(args):
+    """vars(args) with only JSON types, so the checkpoint loads with weights_only=True."""
+    return json.loads(json.dumps(vars(args), default=str))
+
+
+def tokenizer_info(tokenizer, args):
+    """The vocabulary itself (ordered by id), so a checkpoint rebuilds its tokenizer with no hub or file."""
+    vocab = tokenizer.get_vocab()
+    return {"vocab": sorted(vocab, key=vocab.get), "do_lower_case": True,
+            "source": args.vocab_file or (args.bert_model if args.dataset != "demo" else "datasets/demo_vocab.txt")}
+
+
+def build_tensorboard(args):
+    if not args.tensorboard or not utils.is_main_process():
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from err
+    return SummaryWriter(args.tensorboard)
+
+
+def main(args):
+    utils.init_distributed_mode(args)
+    utils.limit_opencv_threads()
+    if args.deterministic:
+        # cuBLAS needs a fixed workspace for deterministic matrix products.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not args.deterministic
+    device = torch.device(args.device)
+    rank, world = utils.get_rank(), utils.get_world_size()
+    utils.seed_everything(args.seed + rank)
+
+    tokenizer = build_tokenizer(args)
+    if args.bert_init == "random":
+        # A BERT trained from scratch gets exactly one embedding row per token of the vocabulary in use.
+        args.bert_vocab_size = len(tokenizer)
+    loader_train, loader_val = build_loaders(args, tokenizer)
+    model = build_model(args)
+    if args.detr_model and not args.resume:
+        used, ignored = load_detr_weights(model, args.detr_model)
+        print(f"DETR weights from {args.detr_model}: {len(used)} tensors used, {len(ignored)} ignored "
+              f"({', '.join(sorted({k.split('.')[0] for k in ignored}))})")
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if args.distributed and args.backbone_norm == "batch" and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    backbone = backbone_parameters(model)
+    optimizer = build_optimizer(model, args)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    criterion = build_criterion(args)
+    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"{n_parameters:,} trainable parameters; {len(loader_train)} steps per epoch of "
+          f"{args.batch_size} x {world} samples")
+
+    state = {"step": 0, "train_seconds": 0.0}
+    best_accu = float("-inf")
+    rng_states = None
+    if args.resume:
+        checkpoint = safe_load(args.resume)
+        load_state_dict_checked(model, checkpoint["model"], f"checkpoint {args.resume}")
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        args.start_epoch = checkpoint["epoch"] + 1
+        state = {"step": checkpoint["step"], "train_seconds": checkpoint["train_seconds"]}
+        best_accu = checkpoint["best_accu"]
+        rng_states = checkpoint["rng"]
+        print(f"resumed from {args.resume} at epoch {args.start_epoch}, step {state['step']}")
+    model_without_ddp = model
+    model = wrap_model(model, args)
+    writer = build_tensorboard(args)
+    output_dir = Path(args.output_dir)
+    if utils.is_main_process():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.json").write_text(json.dumps(json_config(args), indent=1))
+    if rng_states is not None:
+        # Last, so that nothing above draws from the restored streams.
+        if len(rng_states) == world:
+            utils.set_rng_state(rng_states[rank])
+        else:
+            print(f"checkpoint has RNG states for {len(rng_states)} processes, this run has {world}: "
+                  f"keeping fresh seeds, so the run will not repeat the original exactly")
+
+    print("Start training")
+    start_time = time.time()
+    for epoch in range(args.start_epoch, args.epochs):
+        for param in backbone:
+            param.requires_grad_(epoch >= args.freeze_epochs)
+        loader_train.batch_sampler.sampler.set_epoch(epoch)
+        train_stats, exhausted = train_one_epoch(model, criterion, loader_train, optimizer, scaler, device, epoch,
+                                                 args, state, writer)
+        val_stats = summarize_results(evaluate(model_without_ddp, loader_val, device, args, desc="Val"),
+                                      loader_val.dataset)
+        print(f"epoch {epoch} validation: {format_stats(val_stats)}")
+        improved = val_stats["accu"] > best_accu
+        best_accu = max(best_accu, val_stats["accu"])
+
+        rng = utils.all_gather_object(utils.get_rng_state())
+        if utils.is_main_process():
+            checkpoint = {
+                "model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(), "epoch": epoch, "step": state["step"],
+                "train_seconds": state["train_seconds"], "best_accu": best_accu, "val_stats": val_stats,
+                "args": json_config(args), "tokenizer": tokenizer_info(tokenizer, args), "rng": rng,
+            }
+            atomic_save(checkpoint, output_dir / "checkpoint_latest.pth")
+            if improved:
+                atomic_save(checkpoint, output_dir / "best_checkpoint.pth")
+            log = {"epoch": epoch, "step": state["step"], **{f"train_{k}": v for k, v in train_stats.items()},
+                   **{f"validation_{k}": v for k, v in val_stats.items()}, "n_parameters": n_parameters,
+                   "train_seconds": state["train_seconds"]}
+            with (output_dir / "log.txt").open("a") as f:
+                f.write(json.dumps(log) + "\n")
+            if writer is not None:
+                writer.add_scalar("eval_acc", val_stats["accu"], epoch)
+        if exhausted:
+            print(f"time budget of {args.minutes} minutes spent after epoch {epoch}, step {state['step']}")
+            break
+
+    if writer is not None:
+        writer.close()
+    print(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}; "
+          f"best validation Acc@0.5 {best_accu:.4f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser("SegVG training", parents=[get_args_parser()])
+    args = parser.parse_args()
+    try:
+        main(args)
+    except NonFiniteLossError as err:
+        if utils.is_main_process():
+            sys.stderr.write(f"ERROR: {err}\n")
+        sys.exit(1)
+    finally:
+        if utils.is_dist_avail_and_initialized():
+            torch.distributed.destroy_process_group()

@@ -1,0 +1,151 @@
+"""Training epoch and evaluation loops (the original's engine.py)."""
+import math
+import time
+
+import torch
+from tqdm import tqdm
+
+import utils.misc as utils
+from utils.eval_utils import (canvas_probabilities, prediction_ious, segmentation_confidence, summarize,
+                              summarize_by_group)
+from utils.lr_scheduler import lr_factor, set_lr
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+LOSS_TERMS = ("loss", "loss_focal", "loss_dice", "loss_bbox", "loss_giou")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss stopped being finite; raised before the update, so nothing (in memory or on disk) is touched."""
+
+
+def to_device(batch, device, channels_last=False):
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if channels_last:
+        batch["img"] = batch["img"].contiguous(memory_format=torch.channels_last)
+    return batch
+
+
+def autocast(device, amp):
+    dtype = AMP_DTYPES[amp]
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def train_one_epoch(model, criterion, data_loader, optimizer, scaler, device, epoch, args, state, writer=None):
+    """One pass over data_loader (or until the --minutes budget runs out).
+
+    state: {"step": global iteration, "train_seconds": training time so far}, updated in place; both are the
+    same on every rank. Returns (epoch averages, whether the time budget is exhausted).
+    """
+    model.train()
+    criterion.train()
+    logger = utils.MetricLogger()
+    budget = args.minutes * 60
+    total_steps = max(1, args.epochs * len(data_loader))
+    world = utils.get_world_size()
+    bar = tqdm(data_loader, desc=f"Epoch {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True,
+               mininterval=1.0)
+    start_seconds = state["train_seconds"]
+    epoch_start = last = time.perf_counter()
+    exhausted = False
+    for i, batch in enumerate(bar):
+        progress = state["train_seconds"] / budget if budget > 0 else state["step"] / total_steps
+        set_lr(optimizer, lr_factor(args, epoch, state["step"], progress))
+        batch = to_device(batch, device, args.channels_last)
+        with autocast(device, args.amp):
+            outputs = model(batch["img"], batch["img_mask"], batch["text_ids"], batch["text_mask"])
+        # The loss runs in float32: binary cross-entropy is not autocast-safe.
+        outputs = {k: v.float() for k, v in outputs.items()}
+        losses = criterion(outputs, batch["target"], batch["pos_region"])
+
+        # One all_reduce gives every rank the same loss and clock, so all stop at the same step.
+        local_seconds = start_seconds + time.perf_counter() - epoch_start
+        *values, seconds = utils.reduce_mean([losses[k].item() for k in LOSS_TERMS] + [local_seconds], device)
+        reduced = dict(zip(LOSS_TERMS, values))
+        if not math.isfinite(reduced["loss"]):
+            raise NonFiniteLossError(
+                f"non-finite loss at step {state['step']} (epoch {epoch}, iteration {i}): "
+                + ", ".join(f"{k} {v:.4g}" for k, v in reduced.items())
+                + "; training stopped, the last checkpoint was kept")
+
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(losses["loss"]).backward()
+        if args.clip_max_norm > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_max_norm)
+        scaler.step(optimizer)
+        scaler.update()
+
+        lr = optimizer.param_groups[0]["lr"]
+        batch_size = batch["img"].shape[0]
+        logger.update(n=batch_size, lr=lr, **reduced)
+        if writer is not None:
+            for k, v in reduced.items():
+                writer.add_scalar(f"Loss/{k}", v, state["step"])
+            writer.add_scalar("lr", lr, state["step"])
+        now = time.perf_counter()
+        bar.set_postfix(loss=f"{reduced['loss']:.3f}", lr=f"{lr:.2e}",
+                        samples_per_s=f"{batch_size * world / (now - last):.0f}", refresh=False)
+        last = now
+        state["step"] += 1
+        state["train_seconds"] = seconds
+        if budget > 0 and seconds >= budget:
+            exhausted = True
+            break
+    bar.close()
+    stats = logger.global_averages(device)
+    stats["samples_per_s"] = logger.counts["loss"] * world / max(state["train_seconds"] - start_seconds, 1e-9)
+    return stats, exhausted
+
+
+@torch.no_grad()
+def evaluate(model, data_loader, device, args, desc="Eval"):
+    """Box IoU of every sample of data_loader.dataset, each counted exactly once whatever the world size.
+
+    Each rank predicts its shard (utils.samplers.ShardSampler); the per-sample results are gathered by dataset
+    index. Returns {index: (IoU, predicted box [cx, cy, w, h], segmentation confidence)} on every rank.
+    """
+    model.eval()
+    local = {}
+    for batch in tqdm(data_loader, desc=desc, disable=not utils.is_main_process(), dynamic_ncols=True,
+                      mininterval=1.0):
+        batch = to_device(batch, device, args.channels_last)
+        with autocast(device, args.amp):
+            outputs = model(batch["img"], batch["img_mask"], batch["text_ids"], batch["text_mask"], aux=False)
+        boxes = outputs["pred_boxes"].float()
+        ious = prediction_ious(boxes, batch["target"])
+        confidence = segmentation_confidence(canvas_probabilities(outputs["seg_logits"], batch["img"].shape[-1]))
+        for index, iou, box, conf in zip(batch["index"].tolist(), ious.tolist(), boxes.tolist(), confidence.tolist()):
+            local[index] = (iou, box, conf)
+
+    results = {}
+    for part in utils.all_gather_object(local):
+        repeated = results.keys() & part.keys()
+        if repeated:
+            raise RuntimeError(f"samples evaluated on more than one rank: {sorted(repeated)[:10]}")
+        results.update(part)
+    expected = len(data_loader.dataset)
+    if sorted(results) != list(range(expected)):
+        raise RuntimeError(f"evaluated {len(results)} distinct samples, the dataset has {expected}")
+    return results
+
+
+def summarize_results(results, dataset):
+    """Acc@0.5, Acc@0.75, mIoU and count, plus "by_type" when the dataset labels its expressions (the demo)."""
+    indices = sorted(results)
+    ious = [results[i][0] for i in indices]
+    stats = summarize(ious)
+    if hasattr(dataset, "sample_info"):
+        types = [dataset.sample_info(i).get("expr_type") for i in indices]
+        if all(t is not None for t in types):
+            stats["by_type"] = summarize_by_group(ious, types)
+    return stats
+
+
+def format_stats(stats):
+    """One line for the overall numbers, then one per expression type."""
+    lines = [f"Acc@0.5 {stats['accu']:.4f} | Acc@0.75 {stats['accu@0.75']:.4f} | mIoU {stats['miou']:.4f} "
+             f"| {stats['count']} samples"]
+    for name, s in stats.get("by_type", {}).items():
+        lines.append(f"  {name:<10} Acc@0.5 {s['accu']:.4f} | Acc@0.75 {s['accu@0.75']:.4f} | mIoU {s['miou']:.4f} "
+                     f"| {s['count']} samples")
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""eval.py rebuilds a model from a checkpoint alone: ours (config + vocabulary inside) or an official one (its
+argparse Namespace merged over the defaults, flags on the command line winning)."""
+import argparse
+
+import torch
+
+from datasets.tokenizer import DEMO_VOCAB
+from eval import explicit_flags, get_args_parser, load_model, resolve_config, tokenizer_from_checkpoint
+from models import build_model
+from train import json_config, tokenizer_info
+from train_helpers import synthetic_batch, tiny_train_args
+from utils.checkpoint import ours_to_official, safe_load
+
+TRAINED_ARGS = ["--imsize", "96", "--max_query_len", "10", "--enc_layers", "4", "--bert_vocab_size", "119"]
+
+
+def predictions(model, args):
+    batch = synthetic_batch(args, 2, seed=3)
+    with torch.no_grad():
+        return model.eval()(batch["img"], batch["img_mask"], batch["text_ids"], batch["text_mask"])["pred_boxes"]
+
+
+def trained_model():
+    args = tiny_train_args(*TRAINED_ARGS, "--dataset", "demo")
+    torch.manual_seed(0)
+    return build_model(args), args
+
+
+def test_our_checkpoint_needs_nothing_else(tmp_path):
+    model, args = trained_model()
+    tokenizer = tokenizer_from_checkpoint({}, args)
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": model.state_dict(), "args": json_config(args), "tokenizer": tokenizer_info(tokenizer, args)},
+               path)
+    checkpoint = safe_load(path)
+
+    parser = get_args_parser()
+    argv = ["--eval_model", str(path), "--batch_size", "3"]
+    fresh, official = resolve_config(parser.parse_args(argv), explicit_flags(parser, argv), checkpoint)
+    assert not official and (fresh.imsize, fresh.max_query_len, fresh.batch_size) == (96, 10, 3)
+    rebuilt = tokenizer_from_checkpoint(checkpoint, fresh)
+    assert rebuilt.get_vocab() == tokenizer.get_vocab()
+    torch.testing.assert_close(predictions(load_model(fresh, checkpoint, official), fresh), predictions(model, args),
+                               rtol=0, atol=0)
+
+
+def test_official_checkpoint_config_from_its_namespace(tmp_path):
+    model, args = trained_model()
+    # The original saves the training Namespace, with its authors' data paths.
+    namespace = argparse.Namespace(**{**vars(args), "data_root": "/home/author/data", "bert_enc_num": 12})
+    path = tmp_path / "official.pth"
+    torch.save({"model": {"module." + ours_to_official(k): v for k, v in model.state_dict().items()},
+                "args": namespace, "epoch": 89}, path)
+    checkpoint = safe_load(path)
+
+    parser = get_args_parser()
+    argv = ["--eval_model", str(path), "--vocab_file", str(DEMO_VOCAB), "--split_root", "here/split"]
+    fresh, official = resolve_config(parser.parse_args(argv), explicit_flags(parser, argv), checkpoint)
+    assert official and fresh.imsize == 96 and fresh.enc_layers == 4
+    assert fresh.data_root == "./data/images" and fresh.split_root == "here/split"
+    assert len(tokenizer_from_checkpoint(checkpoint, fresh, {"vocab_file"})) == 119
+    torch.testing.assert_close(predictions(load_model(fresh, checkpoint, official), fresh), predictions(model, args),
+                               rtol=0, atol=0)

@@ -1,0 +1,77 @@
+"""train.main end to end on a tiny demo split: a run stopped by a non-finite loss keeps its last checkpoint, and
+resuming from it reproduces the uninterrupted run bit for bit (weights, optimizer, RNG streams, schedule)."""
+import pytest
+import torch
+from torch import nn
+
+import train
+from datasets import demo
+from engine import NonFiniteLossError
+from train_helpers import TINY_TRAIN
+from utils.checkpoint import safe_load
+
+STEPS_PER_EPOCH = 4
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    demo.main(["--out", str(out), "--seed", "1", "--train", str(8 * STEPS_PER_EPOCH), "--val", "6", "--test", "6"])
+    return out
+
+
+def run(demo_root, output_dir, *extra):
+    # Dropout and the training augmentation (jitter, flip) are on: the RNG streams must be restored too.
+    args = train.get_args_parser().parse_args(TINY_TRAIN + [
+        "--dataset", "demo", "--data_root", str(demo_root), "--split_root", str(demo_root / "split"),
+        "--output_dir", str(output_dir), "--batch_size", "8", "--epochs", "2", "--dropout", "0.1",
+        "--lr_scheduler", "cosine_iter", "--warmup_steps", "3", "--lr", "1e-3", *extra])
+    train.main(args)
+    return safe_load(output_dir / "checkpoint_latest.pth")
+
+
+class NaNFromStep(nn.Module):
+    """The real loss, made non-finite from the given step on."""
+
+    def __init__(self, criterion, step):
+        super().__init__()
+        self.criterion = criterion
+        self.step = step
+        self.calls = 0
+
+    def forward(self, *inputs):
+        losses = self.criterion(*inputs)
+        self.calls += 1
+        if self.calls > self.step:
+            losses = {k: v * float("nan") for k, v in losses.items()}
+        return losses
+
+
+def test_non_finite_loss_stops_then_resume_matches_straight_run(demo_root, tmp_path, monkeypatch):
+    straight = run(demo_root, tmp_path / "straight")
+    assert straight["epoch"] == 1 and straight["step"] == 2 * STEPS_PER_EPOCH
+
+    build_criterion = train.build_criterion
+    monkeypatch.setattr(train, "build_criterion", lambda args: NaNFromStep(build_criterion(args), STEPS_PER_EPOCH))
+    with pytest.raises(NonFiniteLossError, match=f"step {STEPS_PER_EPOCH} "):
+        run(demo_root, tmp_path / "resumed")
+    kept = safe_load(tmp_path / "resumed" / "checkpoint_latest.pth")
+    assert kept["epoch"] == 0 and kept["step"] == STEPS_PER_EPOCH
+    monkeypatch.setattr(train, "build_criterion", build_criterion)
+
+    resumed = run(demo_root, tmp_path / "resumed", "--resume", str(tmp_path / "resumed" / "checkpoint_latest.pth"))
+    assert resumed["step"] == straight["step"]
+    for name, value in straight["model"].items():
+        assert torch.equal(resumed["model"][name], value), name
+    for a, b in zip(straight["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["val_stats"] == straight["val_stats"]
+
+
+def test_checkpoint_is_self_contained(demo_root, tmp_path):
+    checkpoint = run(demo_root, tmp_path / "out", "--epochs", "1")
+    assert checkpoint["tokenizer"]["vocab"][:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert checkpoint["args"]["bert_vocab_size"] == len(checkpoint["tokenizer"]["vocab"])
+    assert (tmp_path / "out" / "best_checkpoint.pth").is_file()
+    log = (tmp_path / "out" / "log.txt").read_text().splitlines()
+    assert len(log) == 1 and '"validation_accu"' in log[0]

@@ -1,0 +1,36 @@
+"""Learning-rate schedules as pure functions of (epoch, step, progress): a resumed run needs only its counters.
+
+The original's schedulers (step, poly, halfdecay, cosine) change the lr once per epoch; cosine_iter decays it
+every iteration over the whole run, measured in steps or, with a time budget, in training time. An optional
+linear warmup over the first --warmup_steps iterations multiplies any of them.
+"""
+import math
+
+SCHEDULERS = ("step", "poly", "halfdecay", "cosine", "cosine_iter")
+
+
+def lr_factor(args, epoch, step, progress):
+    """Multiplier of every group's initial lr at 0-based `epoch`, global iteration `step` and `progress`
+    (fraction of the run done, in [0, 1]; only cosine_iter uses it)."""
+    name = args.lr_scheduler
+    if name == "step":
+        factor = 0.1 ** (epoch // args.lr_drop)
+    elif name == "poly":
+        factor = (1 - epoch / args.epochs) ** args.lr_power
+    elif name == "halfdecay":
+        factor = 0.5 ** (epoch // max(1, args.epochs // 10))
+    elif name == "cosine":
+        factor = 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
+    elif name == "cosine_iter":
+        factor = 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    else:
+        raise ValueError(f"unknown --lr_scheduler {name!r}; choose from {', '.join(SCHEDULERS)}")
+    if args.warmup_steps > 0:
+        factor *= min(1.0, (step + 1) / args.warmup_steps)
+    return factor
+
+
+def set_lr(optimizer, factor):
+    """Every group's lr = its initial lr (stored in the group, so it survives optimizer.load_state_dict) x factor."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
