@@ -11,6 +11,7 @@ import re
 import cv2
 import numpy as np
 import torch
+from torchvision.ops import box_convert
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -249,3 +250,31 @@ def make_transforms(args, train):
         RandomHorizontalFlip(text_mode=args.flip_text),
         NormalizeAndPad(size, translate=args.aug_translate, mask_padding=args.mask_padding),
     ])
+
+
+def eval_placement(width, height, args):
+    """Where the evaluation transform puts a width x height image on the canvas: tensor [4] x1, y1, x2, y2
+    in canvas pixels. Found by transforming the whole image's box, so it can never drift from the transform."""
+    image = np.zeros((height, width, 3), np.uint8)
+    sample = make_transforms(args, train=False)({"img": image, "box": np.float32([0, 0, width, height]), "text": ""})
+    return box_convert(sample["target"] * args.imsize, "cxcywh", "xyxy")
+
+
+def canvas_to_image(boxes, placement, image_size):
+    """Canvas-pixel boxes [N, 4] (x1, y1, x2, y2) -> the original image's pixels, undoing the letterbox.
+
+    placement: [4] the image's rectangle on the canvas (eval_placement); its width over the image width is the
+    resize ratio. image_size: (w, h). Results are clipped to the image.
+    """
+    w, h = image_size
+    ratio = (placement[2] - placement[0]) / w
+    boxes = (boxes - placement[:2].repeat(2)) / ratio
+    return torch.minimum(boxes.clamp(min=0), torch.tensor([w, h, w, h], dtype=boxes.dtype))
+
+
+def canvas_map_to_image(canvas_map, placement, image_size):
+    """A [S, S] map on the canvas -> [h, w] on the original image: crop the image's rectangle, resize back."""
+    w, h = image_size
+    x1, y1, x2, y2 = (round(v) for v in placement.tolist())
+    region = canvas_map[y1:y2, x1:x2].float()
+    return torch.nn.functional.interpolate(region[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]

@@ -1,4 +1,5 @@
 """Overlays of a grounding prediction: image, predicted box, translucent mask, phrase and confidence."""
+import math
 import textwrap
 
 import numpy as np
@@ -9,10 +10,17 @@ GT_COLOUR = (255, 200, 0)
 MASK_COLOUR = np.array([255, 40, 40], np.float32)
 
 
-def draw_overlay(image, pred_box, mask=None, phrase="", confidence=None, gt_box=None, iou=None):
+def draw_overlay(image, pred_box, mask=None, phrase="", confidence=None, gt_box=None, iou=None, min_width=320):
     """image: uint8 [H, W, 3] RGB; boxes xyxy in its pixels; mask: [H, W] probabilities in [0, 1].
     Returns a PIL image: the mask blended in red (opacity = probability x 0.5), the prediction in green,
-    the ground truth in amber, and a caption band with the phrase and the scores."""
+    the ground truth in amber, and a caption band with the phrase and the scores. Images narrower than
+    min_width are enlarged by a whole factor (nearest neighbour) so that small ones stay readable."""
+    zoom = max(1, math.ceil(min_width / image.shape[1]))
+    if zoom > 1:
+        image = image.repeat(zoom, axis=0).repeat(zoom, axis=1)
+        mask = None if mask is None else np.asarray(mask).repeat(zoom, axis=0).repeat(zoom, axis=1)
+        pred_box = [zoom * float(v) for v in pred_box]
+        gt_box = None if gt_box is None else [zoom * float(v) for v in gt_box]
     h, w = image.shape[:2]
     canvas = image.astype(np.float32)
     if mask is not None:

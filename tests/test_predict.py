@@ -1,0 +1,145 @@
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import predict
+from datasets import build_tokenizer
+from datasets.transforms import canvas_to_image, eval_placement, make_transforms
+from model_helpers import tiny_args
+from models import build_model
+from predict import SegVGPredictor
+from train import json_config, tokenizer_info
+from utils.checkpoint import atomic_save
+from utils.eval_utils import segmentation_confidence
+
+
+def demo_args():
+    args = tiny_args("--dataset", "demo")
+    args.bert_vocab_size = len(build_tokenizer(args))
+    return args
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    args = demo_args()
+    torch.manual_seed(0)
+    model = build_model(args)
+    path = tmp_path_factory.mktemp("ckpt") / "best_checkpoint.pth"
+    atomic_save({"model": model.state_dict(), "args": json_config(args),
+                 "tokenizer": tokenizer_info(build_tokenizer(args), args), "epoch": 0}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("img") / "photo.jpg"
+    Image.fromarray(rng.integers(0, 255, (90, 150, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+class CanvasBoxModel(nn.Module):
+    """Stands in for SegVG: always predicts the given normalised canvas box and a flat mask."""
+
+    def __init__(self, box_cxcywh, grid):
+        super().__init__()
+        self.box = box_cxcywh
+        self.grid = grid
+
+    def forward(self, img, img_mask, text_ids, text_mask, aux=False):
+        batch = img.shape[0]
+        return {"pred_boxes": self.box.expand(batch, 4), "seg_logits": torch.zeros(batch, self.grid, self.grid)}
+
+
+@pytest.mark.parametrize("size", [(150, 90), (90, 150), (64, 64), (301, 47), (33, 200)])
+def test_canvas_box_maps_back_to_the_original_box(size):
+    """A prediction at the canvas position of a known box maps back to that box, whatever the aspect ratio."""
+    args = demo_args()
+    w, h = size
+    known = np.float32([0.1 * w, 0.3 * h, 0.75 * w, 0.9 * h])
+    # Where the evaluation transform puts the known box on the canvas: a perfect model's output.
+    placed = make_transforms(args, train=False)({"img": np.zeros((h, w, 3), np.uint8), "box": known, "text": ""})
+    model = CanvasBoxModel(placed["target"][None], args.imsize // 32)
+    predictor = SegVGPredictor(model, build_tokenizer(args), args)
+    result = predictor(np.zeros((h, w, 3), np.uint8), "the red circle")
+    np.testing.assert_allclose(result["box"], known, atol=0.01)
+    assert result["mask"].shape == (h, w)
+
+
+def test_eval_placement_is_where_the_transform_puts_the_image():
+    args = demo_args()
+    np.testing.assert_allclose(eval_placement(128, 64, args), [0, 16, 64, 48])
+    np.testing.assert_allclose(eval_placement(30, 60, args), [16, 0, 48, 64])
+
+
+def test_canvas_to_image_clips_to_the_image():
+    placement = torch.tensor([0.0, 16.0, 64.0, 48.0])  # a 2:1 image letterboxed on a 64 canvas
+    boxes = torch.tensor([[-5.0, 10.0, 70.0, 40.0]])
+    np.testing.assert_allclose(canvas_to_image(boxes, placement, (128, 64))[0], [0, 0, 128, 48])
+
+
+def test_api_accepts_path_pil_and_array_alike(checkpoint, image_file):
+    predictor = SegVGPredictor.from_checkpoint(checkpoint, device="cpu")
+    rgb = np.asarray(Image.open(image_file).convert("RGB"))
+    results = [predictor(source, "the red circle") for source in (image_file, Image.open(image_file), rgb)]
+    for result in results:
+        assert result["box"] == results[0]["box"]
+        assert 0 <= result["box"][0] <= result["box"][2] <= 150 and 0 <= result["box"][1] <= result["box"][3] <= 90
+        assert 0 <= result["confidence"] <= 1
+        assert result["mask"].shape == (90, 150)
+
+
+def test_cli_agrees_with_api_and_writes_overlays(checkpoint, image_file, tmp_path, capsys):
+    out = tmp_path / "vis.png"
+    results = predict.main(["--checkpoint", str(checkpoint), "--image", str(image_file), "--text", "the red circle",
+                            "--text", "the leftmost shape", "--out", str(out), "--json", "--device", "cpu"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    api = SegVGPredictor.from_checkpoint(checkpoint, device="cpu")
+    for line, text in zip(lines, ["the red circle", "the leftmost shape"]):
+        expected = api(image_file, text)
+        np.testing.assert_allclose(line["box"], expected["box"], atol=0.01)
+        assert line["confidence"] == pytest.approx(expected["confidence"], abs=1e-4)
+    assert [r["text"] for r in results] == ["the red circle", "the leftmost shape"]
+    for k in range(2):
+        with Image.open(tmp_path / f"vis_{k}.png") as overlay:
+            assert overlay.width == 450 and overlay.height > 270  # enlarged x3 to stay readable
+
+
+def test_pairs_file_runs_as_a_batch(checkpoint, image_file, tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps({"image": str(image_file), "text": t}) for t in ["a", "b", "c"]))
+    predict.main(["--checkpoint", str(checkpoint), "--pairs", str(pairs), "--json", "--batch_size", "2",
+                  "--out", str(tmp_path / "overlays"), "--device", "cpu"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["text"] for line in lines] == ["a", "b", "c"]
+    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == [f"prediction_{k}.png" for k in range(3)]
+
+
+def test_bad_input_gets_clear_messages(checkpoint, image_file, tmp_path):
+    predictor = SegVGPredictor.from_checkpoint(checkpoint, device="cpu")
+    with pytest.raises(FileNotFoundError, match="nowhere.jpg"):
+        predictor(tmp_path / "nowhere.jpg", "the red circle")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="broken.jpg"):
+        predictor(broken, "the red circle")
+    with pytest.raises(ValueError, match="empty"):
+        predictor(image_file, "  ")
+    with pytest.warns(UserWarning, match="truncated"):
+        predictor(image_file, "the red circle " * 10)
+    with pytest.warns(UserWarning, match="imsize 640 ignored"):
+        SegVGPredictor.from_checkpoint(checkpoint, device="cpu", imsize=640)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SegVGPredictor.from_checkpoint(checkpoint, device="cpu", imsize=64)
+
+
+def test_segmentation_confidence_is_the_mean_above_threshold():
+    prob = torch.tensor([[[0.9, 0.5], [0.2, 0.34]]])
+    assert segmentation_confidence(prob).item() == pytest.approx(0.7)
+    assert segmentation_confidence(torch.zeros(1, 2, 2)).item() == 0
