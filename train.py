@@ -267,6 +267,9 @@ def main(args):
     if utils.is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.json").write_text(json.dumps(json_config(args), indent=1))
+        if not args.resume:
+            # A new run starts a new log; a resumed one continues its own.
+            (output_dir / "log.txt").write_text("")
     if rng_states is not None:
         # Last, so that nothing above draws from the restored streams.
         if len(rng_states) == world:
