@@ -10,18 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PYTHON=${PYTHON:-python}
-NPROC=${NPROC:-1}
-NNODES=${NNODES:-1}
-
-launch() {
-    if [ "$NPROC" -eq 1 ] && [ "$NNODES" -eq 1 ]; then
-        "$PYTHON" "$@"
-    else
-        torchrun --nproc_per_node "$NPROC" --nnodes "$NNODES" --node_rank "${NODE_RANK:-0}" \
-            --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" "$@"
-    fi
-}
+source tools/launch.sh
 
 ARGS=()
 if [ -z "${DATASET:-}" ]; then
