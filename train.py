@@ -43,6 +43,8 @@ def get_args_parser():
                         help="per-epoch step/poly/halfdecay/cosine as the original, or per-iteration cosine_iter "
                              "over the whole run (--epochs, or --minutes when set)")
     parser.add_argument("--warmup_steps", default=0, type=int, help="linear lr warmup over the first iterations")
+    parser.add_argument("--cosine_hold", default=0.0, type=float,
+                        help="cosine_iter: fraction of the run at the peak lr before the cosine decay starts")
     parser.add_argument("--minutes", default=0.0, type=float,
                         help="training time budget: stop when it is spent (0: run all --epochs)")
     parser.add_argument("--lr_drop", default=60, type=int)
@@ -91,6 +93,8 @@ def get_args_parser():
     parser.add_argument("--bert_heads", default=12, type=int)
     parser.add_argument("--bert_ffn", default=3072, type=int)
     parser.add_argument("--bert_vocab_size", default=30522, type=int)
+    parser.add_argument("--bert_dropout", default=0.1, type=float,
+                        help="dropout of a random BERT (a pretrained one keeps its config's)")
     parser.add_argument("--vocab_file", default="",
                         help="WordPiece vocab.txt to tokenize with instead of --bert_model's")
     parser.add_argument("--max_query_len", default=40, type=int)
@@ -213,6 +217,8 @@ def build_tensorboard(args):
 
 
 def main(args):
+    if not 0 <= args.cosine_hold < 1:
+        raise ValueError(f"--cosine_hold must be in [0, 1), got {args.cosine_hold}")
     utils.init_distributed_mode(args)
     utils.limit_opencv_threads()
     if args.deterministic:

@@ -44,7 +44,8 @@ def build_text_encoder(args):
         bert = BertModel(BertConfig(
             vocab_size=args.bert_vocab_size, hidden_size=args.bert_hidden_dim,
             num_hidden_layers=args.bert_layers, num_attention_heads=args.bert_heads,
-            intermediate_size=args.bert_ffn, max_position_embeddings=max(512, args.max_query_len)))
+            intermediate_size=args.bert_ffn, max_position_embeddings=max(512, args.max_query_len),
+            hidden_dropout_prob=args.bert_dropout, attention_probs_dropout_prob=args.bert_dropout))
     else:
         raise ValueError(f"unknown --bert_init {args.bert_init!r} (pretrained or random)")
     # The pooler is never used; freezing it keeps DDP free of unused trainable parameters.

@@ -35,5 +35,8 @@ def test_warmup_and_cosine_iter():
     assert lr_factor(args, 0, 9, 0.0) == pytest.approx(1.0)
     assert lr_factor(args, 3, 500, 0.5) == pytest.approx(0.5)
     assert lr_factor(args, 3, 500, 1.0) == pytest.approx(0.0)
+    hold = tiny_train_args("--lr_scheduler", "cosine_iter", "--cosine_hold", "0.5")
+    assert lr_factor(hold, 0, 500, 0.4) == 1.0 and lr_factor(hold, 0, 500, 0.75) == pytest.approx(0.5)
+    assert lr_factor(hold, 0, 500, 1.0) == pytest.approx(0.0)
     step = tiny_train_args("--lr_scheduler", "step", "--lr_drop", "60")
     assert lr_factor(step, 59, 10 ** 6, 0.0) == 1.0 and lr_factor(step, 60, 10 ** 6, 0.0) == pytest.approx(0.1)

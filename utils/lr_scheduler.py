@@ -1,8 +1,9 @@
 """Learning-rate schedules as pure functions of (epoch, step, progress): a resumed run needs only its counters.
 
 The original's schedulers (step, poly, halfdecay, cosine) change the lr once per epoch; cosine_iter decays it
-every iteration over the whole run, measured in steps or, with a time budget, in training time. An optional
-linear warmup over the first --warmup_steps iterations multiplies any of them.
+every iteration over the whole run, measured in steps or, with a time budget, in training time, after holding the
+peak for the first --cosine_hold fraction of it. An optional linear warmup over the first --warmup_steps iterations
+multiplies any of them.
 """
 import math
 
@@ -22,7 +23,8 @@ def lr_factor(args, epoch, step, progress):
     elif name == "cosine":
         factor = 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
     elif name == "cosine_iter":
-        factor = 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+        decay = (progress - args.cosine_hold) / (1 - args.cosine_hold)
+        factor = 0.5 * (1 + math.cos(math.pi * min(max(decay, 0.0), 1.0)))
     else:
         raise ValueError(f"unknown --lr_scheduler {name!r}; choose from {', '.join(SCHEDULERS)}")
     if args.warmup_steps > 0:
