@@ -32,13 +32,7 @@ from utils.visualize import draw_overlay
 def load_rgb(image):
     """A path, PIL image or array -> uint8 [H, W, 3] RGB, with an error that says what was wrong."""
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image not found: {path}")
-        try:
-            return read_rgb(path)
-        except Exception as err:
-            raise ValueError(f"cannot read image {path}: {err}") from err
+        return read_rgb(image)
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
     array = np.asarray(image)

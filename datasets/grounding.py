@@ -107,12 +107,19 @@ def read_rgb(path):
 
     OpenCV decodes JPEGs to the same pixels as PIL, faster; PIL reads what OpenCV cannot, or says why.
     EXIF orientation is ignored, as the original ignores it (boxes refer to the stored pixels).
+    Raises FileNotFoundError for a missing file and ValueError, naming the file, for one that cannot be decoded.
     """
-    img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if img is not None:
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    with Image.open(path) as pil:
-        return np.asarray(pil.convert("RGB"))
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} not found")
+    try:
+        img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if img is not None:
+            return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        with Image.open(path) as pil:
+            return np.asarray(pil.convert("RGB"))
+    except Exception as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
 
 
 class GroundingDataset(Dataset):
@@ -165,13 +172,13 @@ class GroundingDataset(Dataset):
         return self._read(idx, self._parse(idx)[0])
 
     def _read(self, idx, file_name):
-        path = self.image_dir / file_name
-        if not path.is_file():
-            raise FileNotFoundError(f"{self.dataset}/{self.split} sample {idx}: image {path} not found")
+        where = f"{self.dataset}/{self.split} sample {idx}"
         try:
-            return read_rgb(path)
-        except Exception as err:
-            raise RuntimeError(f"{self.dataset}/{self.split} sample {idx}: cannot read image {path}: {err}") from err
+            return read_rgb(self.image_dir / file_name)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{where}: {err}") from None
+        except ValueError as err:
+            raise RuntimeError(f"{where}: {err}") from err
 
     def __getitem__(self, idx):
         file_name, box, phrase, _ = self._parse(idx)
