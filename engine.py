@@ -53,8 +53,6 @@ def train_one_epoch(model, criterion, data_loader, optimizer, scaler, device, ep
         batch = to_device(batch, device, args.channels_last)
         with autocast(device, args.amp):
             outputs = model(batch["img"], batch["img_mask"], batch["text_ids"], batch["text_mask"])
-        # The loss runs in float32: binary cross-entropy is not autocast-safe.
-        outputs = {k: v.float() for k, v in outputs.items()}
         losses = criterion(outputs, batch["target"], batch["pos_region"])
 
         # One all_reduce gives every rank the same loss and clock, so all stop at the same step.
