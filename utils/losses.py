@@ -4,8 +4,22 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
+from .mask_statistics import mask_statistics
 
-def focal_loss(prob, target, alpha=0.25, gamma=2.0):
+FOCAL_ALPHA = 0.25
+DICE_EPS = 1e-8
+
+
+def dice_from_sums(sum_pt, sum_p, sum_t):
+    return 1 - (2 * sum_pt + DICE_EPS) / (sum_p + sum_t + DICE_EPS)
+
+
+def positive_factor_from_sums(sum_pt, sum_t):
+    """1 + (1 - r)^2, r = mean predicted probability inside the ground-truth box."""
+    return 1 + (1 - sum_pt / sum_t.clamp(min=1)) ** 2
+
+
+def focal_loss(prob, target, alpha=FOCAL_ALPHA, gamma=2.0):
     """Sigmoid focal loss written on probabilities, averaged over pixels: [..., P] -> [...]"""
     ce = F.binary_cross_entropy(prob, target, reduction="none")
     p_t = prob * target + (1 - prob) * (1 - target)
@@ -13,27 +27,50 @@ def focal_loss(prob, target, alpha=0.25, gamma=2.0):
     return (alpha_t * ce * (1 - p_t) ** gamma).mean(-1)
 
 
-def dice_loss(prob, target, eps=1e-8):
+def dice_loss(prob, target):
     """[..., P] -> [...]"""
-    numerator = 2 * (prob * target).sum(-1) + eps
-    return 1 - numerator / (prob.sum(-1) + target.sum(-1) + eps)
+    return dice_from_sums((prob * target).sum(-1), prob.sum(-1), target.sum(-1))
 
 
 def positive_factor(prob, target):
-    """1 + (1 - r)^2, r = mean predicted probability inside the ground-truth box: [..., P] -> [...]"""
-    inside = (prob * target).sum(-1) / target.sum(-1).clamp(min=1)
-    return 1 + (1 - inside) ** 2
+    """[..., P] -> [...]"""
+    return positive_factor_from_sums((prob * target).sum(-1), target.sum(-1))
+
+
+def segmentation_terms_direct(seg, pos_region):
+    """The readable formulation (the original's): every mask upsampled to the canvas, then the sigmoid, then
+    focal, dice and the positive factor per mask. seg [layers, Q, B, g, g] -> three [layers, Q, B] tensors.
+    Keeps ~10 canvas-size tensors per mask for backward; ``segmentation_terms`` gives the same numbers."""
+    layers, queries, batch = seg.shape[:3]
+    logits = F.interpolate(seg.flatten(0, 2)[:, None], size=pos_region.shape[-2:], mode="bilinear",
+                           align_corners=False)
+    prob = logits.sigmoid().view(layers, queries, batch, -1)  # [layers, Q, B, S*S]
+    gt_mask = pos_region.flatten(1).to(prob.dtype).expand_as(prob)
+    return focal_loss(prob, gt_mask), dice_loss(prob, gt_mask), positive_factor(prob, gt_mask)
+
+
+def segmentation_terms(seg, pos_region):
+    """Focal, dice and positive factor per mask from three sums per mask (utils.mask_statistics): the same
+    values and gradients as ``segmentation_terms_direct`` without any canvas-size tensor kept for backward."""
+    layers, queries, batch, grid_h, grid_w = seg.shape
+    logits = seg.permute(2, 0, 1, 3, 4).reshape(batch, layers * queries, grid_h, grid_w)
+    sums = mask_statistics(logits, pos_region, FOCAL_ALPHA)  # [B, layers * Q, 3]
+    sum_p, sum_pt, sum_focal = sums.view(batch, layers, queries, 3).permute(3, 1, 2, 0)  # each [layers, Q, B]
+    sum_t = pos_region.flatten(1).sum(-1).to(sums.dtype)
+    pixels = pos_region.shape[-2] * pos_region.shape[-1]
+    return sum_focal / pixels, dice_from_sums(sum_pt, sum_p, sum_t), positive_factor_from_sums(sum_pt, sum_t)
 
 
 class SegVGLoss(nn.Module):
     """Focal + dice on every (decoder layer, segmentation query) mask, L1 x5 + GIoU x2 on every layer's
     box weighted by the mask fit, all summed and divided by the batch size."""
 
-    def __init__(self, detach_pos_factor=False, weight_l1=5.0, weight_giou=2.0):
+    def __init__(self, detach_pos_factor=False, weight_l1=5.0, weight_giou=2.0, low_memory=True):
         super().__init__()
         self.detach_pos_factor = detach_pos_factor
         self.weight_l1 = weight_l1
         self.weight_giou = weight_giou
+        self.segmentation_terms = segmentation_terms if low_memory else segmentation_terms_direct
 
     def forward(self, outputs, target, pos_region):
         """outputs: the model's training outputs; target [B, 4] cx,cy,w,h; pos_region [B, S, S]."""
@@ -44,14 +81,9 @@ class SegVGLoss(nn.Module):
 
     def _losses(self, boxes, seg, target, pos_region):
         """boxes [layers, B, 4], seg [layers, Q, B, g, g]"""
-        layers, queries, batch = seg.shape[:3]
-        # Upsample to the canvas before the sigmoid, as the original does.
-        logits = F.interpolate(seg.flatten(0, 2)[:, None], size=pos_region.shape[-2:], mode="bilinear",
-                               align_corners=False)
-        prob = logits.sigmoid().view(layers, queries, batch, -1)  # [layers, Q, B, S*S]
-        gt_mask = pos_region.flatten(1).to(prob.dtype).expand_as(prob)
-
-        pos_factor = positive_factor(prob, gt_mask)  # [layers, Q, B]
+        layers, batch = boxes.shape[:2]
+        # Upsampled to the canvas before the sigmoid, as the original does.
+        focal, dice, pos_factor = self.segmentation_terms(seg, pos_region)  # each [layers, Q, B]
         if self.detach_pos_factor:
             pos_factor = pos_factor.detach()
         box_weight = pos_factor.mean(1)  # [layers, B]
@@ -63,8 +95,8 @@ class SegVGLoss(nn.Module):
         giou = generalized_box_iou(pred_xyxy, gt_xyxy).diagonal().view(layers, batch)
 
         losses = {
-            "loss_focal": focal_loss(prob, gt_mask).sum() / batch,
-            "loss_dice": (dice_loss(prob, gt_mask) * pos_factor).sum() / batch,
+            "loss_focal": focal.sum() / batch,
+            "loss_dice": (dice * pos_factor).sum() / batch,
             "loss_bbox": self.weight_l1 * (box_weight * l1).sum() / batch,
             "loss_giou": self.weight_giou * (box_weight * (1 - giou)).sum() / batch,
         }
