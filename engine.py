@@ -18,11 +18,8 @@ class NonFiniteLossError(RuntimeError):
     """The loss stopped being finite; raised before the update, so nothing (in memory or on disk) is touched."""
 
 
-def to_device(batch, device, channels_last=False):
-    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    if channels_last:
-        batch["img"] = batch["img"].contiguous(memory_format=torch.channels_last)
-    return batch
+def to_device(batch, device):
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def autocast(device, amp):
@@ -50,7 +47,7 @@ def train_one_epoch(model, criterion, data_loader, optimizer, scaler, device, ep
     for i, batch in enumerate(bar):
         progress = state["train_seconds"] / budget if budget > 0 else state["step"] / total_steps
         set_lr(optimizer, lr_factor(args, epoch, state["step"], progress))
-        batch = to_device(batch, device, args.channels_last)
+        batch = to_device(batch, device)
         with autocast(device, args.amp):
             outputs = model(batch["img"], batch["img_mask"], batch["text_ids"], batch["text_mask"])
         losses = criterion(outputs, batch["target"], batch["pos_region"])
@@ -95,7 +92,7 @@ def train_one_epoch(model, criterion, data_loader, optimizer, scaler, device, ep
     return stats, exhausted
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model, data_loader, device, args, desc="Eval"):
     """Box IoU of every sample of data_loader.dataset, each counted exactly once whatever the world size.
 
@@ -106,7 +103,7 @@ def evaluate(model, data_loader, device, args, desc="Eval"):
     local = {}
     for batch in tqdm(data_loader, desc=desc, disable=not utils.is_main_process(), dynamic_ncols=True,
                       mininterval=1.0):
-        batch = to_device(batch, device, args.channels_last)
+        batch = to_device(batch, device)
         with autocast(device, args.amp):
             outputs = model(batch["img"], batch["img_mask"], batch["text_ids"], batch["text_mask"], aux=False)
         boxes = outputs["pred_boxes"].float()

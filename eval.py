@@ -26,6 +26,7 @@ from datasets.grounding import read_rgb
 from datasets.transforms import canvas_map_to_image, canvas_to_image, eval_placement
 from engine import evaluate, format_stats, summarize_results, to_device
 from models import build_model
+from models.inference import prepare_for_inference
 from train import get_args_parser as get_train_args_parser
 from utils.checkpoint import is_official_state_dict, load_official_checkpoint, load_state_dict_checked, safe_load
 from utils.eval_utils import canvas_probabilities
@@ -34,7 +35,8 @@ from utils.visualize import draw_overlay
 
 # Settings of the run that evaluates, never taken from the checkpoint.
 RUN_KEYS = {"output_dir", "device", "batch_size", "num_workers", "resume", "dist_url", "tensorboard", "seed",
-            "amp", "deterministic", "eval_set", "eval_model", "rank", "world_size", "gpu", "distributed"}
+            "amp", "deterministic", "eval_set", "eval_model", "rank", "world_size", "gpu", "distributed",
+            "channels_last", "checkpoint_activations", "compile", "tf32"}
 # An official checkpoint's paths are its authors' machine; its data flags are not ours either.
 OFFICIAL_SKIP = RUN_KEYS | {"data_root", "split_root", "detr_model", "bert_model", "vocab_file"}
 
@@ -48,6 +50,9 @@ def get_args_parser():
                         help="JSONL file: per sample image, phrase, GT and predicted box (image pixels), IoU, confidence")
     parser.add_argument("--visualize", default=0, type=int,
                         help="write N overlays (the worst and the best IoU halves) to <output_dir>/visualize")
+    parser.add_argument("--plain_inference", action="store_true",
+                        help="run the model as trained, without the fast path (BatchNorm folded into the "
+                             "convolutions, channels-last CNN), whose outputs differ only by float rounding")
     return parser
 
 
@@ -117,7 +122,7 @@ def prediction_records(results, dataset, args):
     return records
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def write_overlays(model, dataset, records, count, folder, args, device):
     """Overlays of the count // 2 worst and the rest best predictions (by IoU), masks included."""
     ranked = sorted(records, key=lambda r: r["iou"])
@@ -146,8 +151,12 @@ def main(args, explicit=()):
     args, official = resolve_config(args, explicit, checkpoint)
     tokenizer = tokenizer_from_checkpoint(checkpoint, args, explicit)
     model = load_model(args, checkpoint, official).to(device)
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
+    if not args.plain_inference:
+        prepare_for_inference(model)
+    if args.tf32:
+        utils.enable_tf32()
+    if args.compile:
+        utils.compile_model(model, device)
     del checkpoint
 
     dataset = build_dataset(args.eval_set, args, tokenizer)

@@ -9,6 +9,7 @@ with image a path, a PIL image or a uint8 [H, W, 3] RGB array. The result holds 
 image's pixels (x1, y1, x2, y2), the segmentation map resized to the image and the segmentation confidence.
 """
 import argparse
+import copy
 import json
 import sys
 import warnings
@@ -23,6 +24,7 @@ from datasets.grounding import read_rgb
 from datasets.tokenizer import encode_text
 from datasets.transforms import canvas_map_to_image, canvas_to_image, make_transforms
 from eval import load_model, resolve_config, tokenizer_from_checkpoint
+from models.inference import prepare_for_inference
 from train import get_args_parser
 from utils.checkpoint import safe_load
 from utils.eval_utils import canvas_probabilities, segmentation_confidence
@@ -46,7 +48,11 @@ def load_rgb(image):
 class SegVGPredictor:
     """A model, its tokenizer and evaluation transform: images and phrases in, boxes and masks out."""
 
-    def __init__(self, model, tokenizer, args, device="cpu"):
+    def __init__(self, model, tokenizer, args, device="cpu", fast=True):
+        """fast: predict with a BatchNorm-folded, channels-last copy of model (models.inference); model itself
+        is left untouched."""
+        if fast:
+            model = prepare_for_inference(copy.deepcopy(model))
         self.model = model.eval().to(device)
         self.tokenizer = tokenizer
         self.args = args
@@ -54,8 +60,9 @@ class SegVGPredictor:
         self.transform = make_transforms(args, train=False)
 
     @classmethod
-    def from_checkpoint(cls, path, device="auto", bert_model=None, vocab_file=None, imsize=None, max_query_len=None):
-        """Rebuild from a checkpoint alone. The canvas size and text length always come from the checkpoint
+    def from_checkpoint(cls, path, device="auto", bert_model=None, vocab_file=None, imsize=None, max_query_len=None,
+                        fast=True):
+        """Rebuild from a checkpoint alone (fast: the inference fast path of models.inference). The canvas size and text length always come from the checkpoint
         (its position tables depend on them); a different value asked for is reported and ignored."""
         checkpoint = safe_load(path)
         args = get_args_parser().parse_args([])
@@ -72,7 +79,9 @@ class SegVGPredictor:
                               f"{getattr(args, key)}, which its weights require", stacklevel=2)
         tokenizer = tokenizer_from_checkpoint(checkpoint, args, explicit)
         model = load_model(args, checkpoint, official)
-        return cls(model, tokenizer, args, resolve_device(device))
+        if fast:  # the model is ours alone: fold it in place instead of a copy
+            prepare_for_inference(model)
+        return cls(model, tokenizer, args, resolve_device(device), fast=False)
 
     def encode(self, text):
         if not isinstance(text, str) or not text.strip():
@@ -94,7 +103,7 @@ class SegVGPredictor:
         placement = box_convert(sample["target"][None] * self.args.imsize, "cxcywh", "xyxy")[0]
         return rgb, sample, torch.tensor(ids), torch.tensor(mask), placement
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, images, texts):
         """Lists of images and phrases (same length) -> list of dicts: box [x1, y1, x2, y2] in image pixels,
         mask [H, W] float probabilities, confidence, text."""
@@ -160,6 +169,8 @@ def get_parser():
     parser.add_argument("--vocab_file", help="WordPiece vocab.txt overriding the checkpoint's")
     parser.add_argument("--imsize", type=int, help="ignored with a warning if it differs from the checkpoint's")
     parser.add_argument("--max_query_len", type=int, help="ignored with a warning if it differs from the checkpoint's")
+    parser.add_argument("--plain_inference", action="store_true",
+                        help="run the model as trained (no BatchNorm folding, no channels-last CNN)")
     return parser
 
 
@@ -176,7 +187,7 @@ def main(argv=None):
     warnings.simplefilter("always")
     warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"
     predictor = SegVGPredictor.from_checkpoint(opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file,
-                                               opts.imsize, opts.max_query_len)
+                                               opts.imsize, opts.max_query_len, fast=not opts.plain_inference)
     results = []
     for start in range(0, len(pairs), opts.batch_size):
         chunk = pairs[start:start + opts.batch_size]

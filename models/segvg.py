@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .activation_checkpointing import run_layer
 from .text_encoder import build_text_encoder
 from .transformer import build_decoder, build_vl_encoder
 from .triple_alignment import build_triple_alignment
@@ -57,6 +58,16 @@ class SegVG(nn.Module):
         self.decoder = decoder
         self.box_head = MLP(hidden_dim, hidden_dim, 4, 3)
         self.seg_head = SegmentationHead(2 * hidden_dim, hidden_dim, 1, 3)
+        self.checkpoint_activations = False
+
+    def set_activation_checkpointing(self, enabled):
+        """Checkpoint the ResNet stages (unless its BatchNorm trains), every transformer and BERT layer and every
+        Triple Alignment stage (--checkpoint_activations)."""
+        self.checkpoint_activations = enabled
+        self.vl_encoder.checkpoint_activations = enabled
+        self.decoder.checkpoint_activations = enabled
+        backbone = self.visual.backbone
+        backbone.checkpoint_activations = enabled and backbone.can_checkpoint
 
     def forward(self, img, img_mask, text_ids, text_mask, aux=None):
         """img [B, 3, S, S], img_mask [B, S, S] (True = padding), text_ids/text_mask [B, L] (mask 1 = token).
@@ -74,12 +85,13 @@ class SegVG(nn.Module):
         queries = self.query_content.weight.expand(batch, -1, -1)
         query_pos = self.query_pos.weight.expand(batch, -1, -1)
 
+        ckpt = self.checkpoint_activations
         for stage, alignment in enumerate(self.triple_alignment):
-            visual = self.visual.layers[stage](visual, visual_padding, visual_pos)
+            visual = run_layer(self.visual.layers[stage], visual, visual_padding, visual_pos, enabled=ckpt)
             for i in range(stage * self.bert_layers_per_stage, (stage + 1) * self.bert_layers_per_stage):
-                text = self.text.layer(i, text, text_bias)
-            queries, text, visual = alignment(queries, text, visual, query_pos, visual_pos,
-                                              text_padding, visual_padding)
+                text = run_layer(self.text.layer, i, text, text_bias, enabled=ckpt)
+            queries, text, visual = run_layer(alignment, queries, text, visual, query_pos, visual_pos,
+                                              text_padding, visual_padding, enabled=ckpt)
 
         tokens = torch.cat([self.text_proj(text), self.visual_proj(visual)], dim=1)  # [B, L + V, C]
         padding = torch.cat([text_padding, visual_padding], dim=1)
@@ -120,6 +132,8 @@ def build_segvg(args):
         raise ValueError(f"BERT has {text.num_layers} layers, which cannot be split evenly over "
                          f"{args.enc_layers} stages (--enc_layers)")
     grid_size = args.imsize // args.backbone_stride
-    return SegVG(build_visual_encoder(args), text, build_triple_alignment(args, text.dim), build_vl_encoder(args),
-                 build_decoder(args), args.vl_hidden_dim, args.max_query_len, grid_size, args.num_seg_queries,
-                 text.num_layers // args.enc_layers)
+    model = SegVG(build_visual_encoder(args), text, build_triple_alignment(args, text.dim), build_vl_encoder(args),
+                  build_decoder(args), args.vl_hidden_dim, args.max_query_len, grid_size, args.num_seg_queries,
+                  text.num_layers // args.enc_layers)
+    model.set_activation_checkpointing(args.checkpoint_activations)
+    return model

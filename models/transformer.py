@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .activation_checkpointing import run_layer
 from .attention import MultiheadAttention
 
 
@@ -57,11 +58,12 @@ class VisionLanguageEncoder(nn.Module):
         layer = EncoderLayer(dim, num_heads, dim_feedforward, dropout, True, drop_key)
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.norm = nn.LayerNorm(dim)
+        self.checkpoint_activations = False
         xavier_init(self)
 
     def forward(self, x, key_padding_mask, pos):
         for layer in self.layers:
-            x = layer(x, key_padding_mask, pos)
+            x = run_layer(layer, x, key_padding_mask, pos, enabled=self.checkpoint_activations)
         return self.norm(x)
 
 
@@ -100,13 +102,15 @@ class QueryDecoder(nn.Module):
         layer = DecoderLayer(dim, num_heads, dim_feedforward, dropout, drop_key)
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.norm = nn.LayerNorm(dim)
+        self.checkpoint_activations = False
         xavier_init(self)
 
     def forward(self, tgt, memory, memory_padding_mask, pos, query_pos):
         """tgt, query_pos: [B, Nq, C]; memory, pos: [B, N, C] -> [layers, B, Nq, C]"""
         outputs = []
         for layer in self.layers:
-            tgt = layer(tgt, memory, memory_padding_mask, pos, query_pos)
+            tgt = run_layer(layer, tgt, memory, memory_padding_mask, pos, query_pos,
+                            enabled=self.checkpoint_activations)
             # The shared norm only feeds the heads; the next layer gets the un-normalised tokens.
             outputs.append(self.norm(tgt))
         return torch.stack(outputs)

@@ -65,7 +65,7 @@ def test_canvas_box_maps_back_to_the_original_box(size):
     # Where the evaluation transform puts the known box on the canvas: a perfect model's output.
     placed = make_transforms(args, train=False)({"img": np.zeros((h, w, 3), np.uint8), "box": known, "text": ""})
     model = CanvasBoxModel(placed["target"][None], args.imsize // 32)
-    predictor = SegVGPredictor(model, build_tokenizer(args), args)
+    predictor = SegVGPredictor(model, build_tokenizer(args), args, fast=False)  # a stand-in, nothing to fold
     result = predictor(np.zeros((h, w, 3), np.uint8), "the red circle")
     np.testing.assert_allclose(result["box"], known, atol=0.01)
     assert result["mask"].shape == (h, w)
@@ -81,6 +81,14 @@ def test_canvas_to_image_clips_to_the_image():
     placement = torch.tensor([0.0, 16.0, 64.0, 48.0])  # a 2:1 image letterboxed on a 64 canvas
     boxes = torch.tensor([[-5.0, 10.0, 70.0, 40.0]])
     np.testing.assert_allclose(canvas_to_image(boxes, placement, (128, 64))[0], [0, 0, 128, 48])
+
+
+def test_fast_path_predicts_as_the_plain_model(checkpoint, image_file):
+    fast = SegVGPredictor.from_checkpoint(checkpoint, device="cpu")(image_file, "the red circle")
+    plain = SegVGPredictor.from_checkpoint(checkpoint, device="cpu", fast=False)(image_file, "the red circle")
+    np.testing.assert_allclose(fast["box"], plain["box"], atol=0.02)
+    np.testing.assert_allclose(fast["mask"], plain["mask"], atol=1e-4)
+    assert fast["confidence"] == pytest.approx(plain["confidence"], abs=1e-4)
 
 
 def test_api_accepts_path_pil_and_array_alike(checkpoint, image_file):

@@ -7,6 +7,7 @@ through the official-checkpoint path, runs the evaluation forward and the dropou
 with losses and backward, and compares. Exit status 0 only when every output is within tolerance.
 """
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import build_model  # noqa: E402
+from models.inference import prepare_for_inference  # noqa: E402
 from parity_recipe import checksums, make_batch, official_state_dict  # noqa: E402
 from train import get_args_parser  # noqa: E402
 from utils.checkpoint import load_official_checkpoint, ours_to_official, safe_load  # noqa: E402
@@ -125,12 +127,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", required=True, help="parity case file (e.g. tests/data/case_A.pt)")
     parser.add_argument("--verbose", action="store_true", help="print every intermediate's difference")
+    parser.add_argument("--report_bf16", action="store_true",
+                        help="also print how far the fast path under bf16 autocast is from the case (no tolerance)")
     opts = parser.parse_args(argv)
     with torch.no_grad():
-        return run(opts.case, opts.verbose)
+        return run(opts.case, opts.verbose, opts.report_bf16)
 
 
-def run(case_path, verbose=False):
+def run(case_path, verbose=False, report_bf16=False):
     """Compare this implementation with one case; returns the exit status (0: within every tolerance)."""
     case = safe_load(case_path)
     recipe = case["recipe"]
@@ -162,6 +166,21 @@ def run(case_path, verbose=False):
     check("eval pred_boxes [6,B,4]", (out["aux_boxes"] - ref["pred_boxes"]).abs().max().item(), TOL_BOX)
     check("eval seg_prob [B,400]", (out["seg_logits"].flatten(1).sigmoid() - ref["seg_prob"]).abs().max().item(),
           TOL_BOX)
+    # The inference fast path of eval.py and predict.py: BatchNorm folded, channels-last CNN.
+    fast = prepare_for_inference(copy.deepcopy(model))
+    with torch.inference_mode():
+        out = fast(*inputs, aux=False)
+    check("fast path pred_boxes [6,B,4]", (out["aux_boxes"] - ref["pred_boxes"]).abs().max().item(), TOL_BOX)
+    check("fast path seg_prob [B,400]",
+          (out["seg_logits"].flatten(1).sigmoid() - ref["seg_prob"]).abs().max().item(), TOL_BOX)
+    if report_bf16:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fast(*inputs, aux=False)
+        report.append(f"info fast path under bf16 autocast: boxes max abs diff "
+                      f"{(out['aux_boxes'].float() - ref['pred_boxes']).abs().max().item():.3e}, last layer "
+                      f"{(out['pred_boxes'].float() - ref['pred_boxes'][-1]).abs().max().item():.3e}, seg_prob "
+                      f"{(out['seg_logits'].float().flatten(1).sigmoid() - ref['seg_prob']).abs().max().item():.3e}")
+    del fast
 
     # The original's training branch with every dropout off: eval-mode modules, auxiliary outputs, grads.
     ref = case["train_branch_no_dropout"]

@@ -1,7 +1,10 @@
 """Distributed helpers (torchrun's env:// or one plain process), seeding, RNG states and metric averaging."""
 import builtins
+import importlib.util
 import os
 import random
+import shutil
+import warnings
 from collections import defaultdict
 
 import cv2
@@ -68,6 +71,32 @@ def init_distributed_mode(args):
     dist.init_process_group(backend=backend, init_method=args.dist_url, world_size=args.world_size, rank=args.rank)
     dist.barrier()
     setup_for_distributed(args.rank == 0)
+
+
+def compiler_missing(device_type):
+    """Why torch.compile cannot run on this device type here, or None: inductor needs a C++ compiler for CPU code
+    and Triton for CUDA kernels."""
+    if device_type == "cuda":
+        return None if importlib.util.find_spec("triton") else "Triton is not installed"
+    compilers = [os.environ.get("CXX"), "g++", "c++", "clang++"]
+    return None if any(c and shutil.which(c) for c in compilers) else "no C++ compiler (g++, clang++ or $CXX) found"
+
+
+def compile_model(model, device):
+    """model.compile() in place (state_dict keys unchanged), or the model as it is, with a warning, where the
+    compiler it needs is missing."""
+    missing = compiler_missing(torch.device(device).type)
+    if missing:
+        warnings.warn(f"--compile ignored: {missing}; running the model uncompiled", stacklevel=2)
+        return model
+    model.compile()
+    return model
+
+
+def enable_tf32():
+    """TF32 matrix products and convolutions on Ampere or newer GPUs (~1e-3 relative precision)."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
 
 
 def limit_opencv_threads():
