@@ -9,6 +9,7 @@ import utils.misc as utils
 from utils.eval_utils import (canvas_probabilities, prediction_ious, segmentation_confidence, summarize,
                               summarize_by_group)
 from utils.lr_scheduler import lr_factor, set_lr
+from utils.samplers import ResumableBatchSampler
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LOSS_TERMS = ("loss", "loss_focal", "loss_dice", "loss_bbox", "loss_giou")
@@ -27,24 +28,33 @@ def autocast(device, amp):
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
 
 
-def train_one_epoch(model, criterion, data_loader, optimizer, scaler, device, epoch, args, state, writer=None):
-    """One pass over data_loader (or until the --minutes budget runs out).
+def train_one_epoch(model, criterion, data_loader, optimizer, scaler, device, epoch, args, state, writer=None,
+                    logger=None, save_step=None, stop=None):
+    """One pass over data_loader from batch state["batch"] (non-zero on a mid-epoch resume).
 
-    state: {"step": global iteration, "train_seconds": training time so far}, updated in place; both are the
-    same on every rank. Returns (epoch averages, whether the time budget is exhausted).
+    state: {"step": global iteration, "batch": batches of this epoch done, "train_seconds": training time so far},
+    updated in place and the same on every rank. logger: the epoch's running averages (restored on a resume).
+    save_step(logger): writes the step checkpoint, called every --save_every steps and when stopping.
+    stop: utils.preemption.StopSignal; a signal on any rank stops every rank after the same step.
+    Returns (epoch averages, status): "done", "budget" (the --minutes budget is spent) or "stopped" (a signal).
     """
     model.train()
     criterion.train()
-    logger = utils.MetricLogger()
+    logger = logger or utils.MetricLogger()
     budget = args.minutes * 60
     total_steps = max(1, args.epochs * len(data_loader))
     world = utils.get_world_size()
+    first = state["batch"]
+    if isinstance(getattr(data_loader, "batch_sampler", None), ResumableBatchSampler):
+        data_loader.batch_sampler.start = first
+    elif first:
+        raise ValueError("starting an epoch mid-way needs a DataLoader with a ResumableBatchSampler")
     bar = tqdm(data_loader, desc=f"Epoch {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True,
-               mininterval=1.0)
-    start_seconds = state["train_seconds"]
+               mininterval=1.0, initial=first, total=len(data_loader))
+    start_seconds, start_count = state["train_seconds"], logger.counts["loss"]
     epoch_start = last = time.perf_counter()
-    exhausted = False
-    for i, batch in enumerate(bar):
+    status = "done"
+    for i, batch in enumerate(bar, first):
         progress = state["train_seconds"] / budget if budget > 0 else state["step"] / total_steps
         set_lr(optimizer, lr_factor(args, epoch, state["step"], progress))
         batch = to_device(batch, device)
@@ -52,9 +62,11 @@ def train_one_epoch(model, criterion, data_loader, optimizer, scaler, device, ep
             outputs = model(batch["img"], batch["img_mask"], batch["text_ids"], batch["text_mask"])
         losses = criterion(outputs, batch["target"], batch["pos_region"])
 
-        # One all_reduce gives every rank the same loss and clock, so all stop at the same step.
+        # One all_reduce gives every rank the same loss, clock and stop request, so all stop at the same step.
         local_seconds = start_seconds + time.perf_counter() - epoch_start
-        *values, seconds = utils.reduce_mean([losses[k].item() for k in LOSS_TERMS] + [local_seconds], device)
+        signalled = float(stop is not None and stop.requested)
+        *values, seconds, stopping = utils.reduce_mean([losses[k].item() for k in LOSS_TERMS]
+                                                       + [local_seconds, signalled], device)
         reduced = dict(zip(LOSS_TERMS, values))
         if not math.isfinite(reduced["loss"]):
             raise NonFiniteLossError(
@@ -82,14 +94,22 @@ def train_one_epoch(model, criterion, data_loader, optimizer, scaler, device, ep
                         samples_per_s=f"{batch_size * world / (now - last):.0f}", refresh=False)
         last = now
         state["step"] += 1
+        state["batch"] = i + 1
         state["train_seconds"] = seconds
-        if budget > 0 and seconds >= budget:
-            exhausted = True
+        if stopping > 0:
+            status = "stopped"
+        elif budget > 0 and seconds >= budget:
+            status = "budget"
+        periodic = args.save_every > 0 and state["step"] % args.save_every == 0 and i + 1 < len(data_loader)
+        if save_step is not None and (stopping > 0 or periodic):
+            save_step(logger)
+        if status != "done":
             break
     bar.close()
     stats = logger.global_averages(device)
-    stats["samples_per_s"] = logger.counts["loss"] * world / max(state["train_seconds"] - start_seconds, 1e-9)
-    return stats, exhausted
+    samples = (logger.counts["loss"] - start_count) * world
+    stats["samples_per_s"] = samples / max(state["train_seconds"] - start_seconds, 1e-9)
+    return stats, status
 
 
 @torch.inference_mode()

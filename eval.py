@@ -28,7 +28,8 @@ from engine import evaluate, format_stats, summarize_results, to_device
 from models import build_model
 from models.inference import prepare_for_inference
 from train import get_args_parser as get_train_args_parser
-from utils.checkpoint import is_official_state_dict, load_official_checkpoint, load_state_dict_checked, safe_load
+from utils.checkpoint import (CheckpointError, is_official_state_dict, load_official_checkpoint,
+                              load_state_dict_checked, safe_load)
 from utils.eval_utils import canvas_probabilities
 from utils.samplers import ShardSampler
 from utils.visualize import draw_overlay
@@ -192,8 +193,14 @@ def main(args, explicit=()):
 if __name__ == "__main__":
     parser = get_args_parser()
     args = parser.parse_args()
+    code = 0
     try:
         main(args, explicit_flags(parser, sys.argv[1:]))
+    except (CheckpointError, FileNotFoundError) as err:
+        if utils.is_main_process():
+            sys.stderr.write(f"error: {err}\n")
+        code = 1
     finally:
         if utils.is_dist_avail_and_initialized():
             torch.distributed.destroy_process_group()
+    sys.exit(code)

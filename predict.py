@@ -26,7 +26,7 @@ from datasets.transforms import canvas_map_to_image, canvas_to_image, make_trans
 from eval import load_model, resolve_config, tokenizer_from_checkpoint
 from models.inference import prepare_for_inference
 from train import get_args_parser
-from utils.checkpoint import safe_load
+from utils.checkpoint import CheckpointError, safe_load
 from utils.eval_utils import canvas_probabilities, segmentation_confidence
 from utils.misc import resolve_device
 from utils.visualize import draw_overlay
@@ -214,5 +214,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, ValueError) as err:
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")

@@ -5,7 +5,6 @@
 """
 import argparse
 import datetime
-import json
 import os
 import sys
 import time
@@ -13,16 +12,18 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 import utils.misc as utils
 from datasets import build_dataset, build_tokenizer, collate_fn
 from engine import AMP_DTYPES, NonFiniteLossError, evaluate, format_stats, summarize_results, train_one_epoch
 from models import build_model
-from utils.checkpoint import atomic_save, load_detr_weights, load_state_dict_checked, safe_load
+from utils.checkpoint import CheckpointError, load_detr_weights
 from utils.losses import build_criterion
 from utils.lr_scheduler import SCHEDULERS
-from utils.samplers import ShardSampler
+from utils.preemption import StopSignal
+from utils.samplers import ResumableBatchSampler, ShardSampler
+from utils.training_state import LATEST, TrainingRun, fresh_progress
 
 
 def get_args_parser():
@@ -139,7 +140,14 @@ def get_args_parser():
                         help="recompute each ResNet stage and transformer layer in backward instead of keeping its "
                              "activations: less memory, ~30%% more compute, the same gradients")
     parser.add_argument("--seed", default=42, type=int)
-    parser.add_argument("--resume", default="")
+    parser.add_argument("--resume", default="", help="checkpoint to continue from (also one written mid-epoch)")
+    parser.add_argument("--auto_resume", action="store_true",
+                        help="resume from <output_dir>/checkpoint_latest.pth when it exists, else start fresh")
+    parser.add_argument("--save_every", default=1000, type=int,
+                        help="also write checkpoint_latest.pth every N optimizer steps (0: at epoch ends only); "
+                             "1000 steps are ~8 minutes at the paper's settings, a save ~1%% of that")
+    parser.add_argument("--keep_last", default=1, type=int,
+                        help="keep the last K step checkpoints as checkpoint_step<N>.pth too (1: the latest only)")
     parser.add_argument("--detr_model", default="", help="DETR checkpoint that initialises the visual branch")
     parser.add_argument("--start_epoch", default=0, type=int)
     parser.add_argument("--dist_url", default="env://")
@@ -196,25 +204,16 @@ def build_loaders(args, tokenizer):
     # The sampler's permutation depends only on seed and epoch, so a resumed run sees the same batches.
     sampler_train = DistributedSampler(dataset_train, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
     pin = torch.device(args.device).type == "cuda"
-    batches = BatchSampler(sampler_train, args.batch_size, drop_last=True)
+    batches = ResumableBatchSampler(sampler_train, args.batch_size, drop_last=True)
+    # Each loader draws its workers' base seed from its own generator, not from the global stream that dropout
+    # uses: creating an iterator on a resume must not shift that stream (the augmentation is seeded per sample).
     loader_train = DataLoader(dataset_train, batch_sampler=batches, collate_fn=collate_fn,
-                              num_workers=args.num_workers, pin_memory=pin)
+                              num_workers=args.num_workers, pin_memory=pin,
+                              generator=torch.Generator().manual_seed(args.seed + rank))
     loader_val = DataLoader(dataset_val, batch_size=args.batch_size, collate_fn=collate_fn,
                             sampler=ShardSampler(len(dataset_val), rank, world), num_workers=args.num_workers,
-                            pin_memory=pin)
+                            pin_memory=pin, generator=torch.Generator().manual_seed(args.seed + rank))
     return loader_train, loader_val
-
-
-def json_config(args):
-    """vars(args) with only JSON types, so the checkpoint loads with weights_only=True."""
-    return json.loads(json.dumps(vars(args), default=str))
-
-
-def tokenizer_info(tokenizer, args):
-    """The vocabulary itself (ordered by id), so a checkpoint rebuilds its tokenizer with no hub or file."""
-    vocab = tokenizer.get_vocab()
-    return {"vocab": sorted(vocab, key=vocab.get), "do_lower_case": True,
-            "source": args.vocab_file or (args.bert_model if args.dataset != "demo" else "datasets/demo_vocab.txt")}
 
 
 def build_tensorboard(args):
@@ -228,8 +227,17 @@ def build_tensorboard(args):
 
 
 def main(args):
+    """Train. Returns (status, stop): status "done", "budget" (--minutes spent) or "stopped" by the signal that
+    stop.signum names (after saving the checkpoint)."""
     if not 0 <= args.cosine_hold < 1:
         raise ValueError(f"--cosine_hold must be in [0, 1), got {args.cosine_hold}")
+    if args.keep_last < 1:
+        raise ValueError(f"--keep_last must be at least 1, got {args.keep_last}")
+    with StopSignal() as stop:
+        return train(args, stop), stop
+
+
+def train(args, stop):
     utils.init_distributed_mode(args)
     utils.limit_opencv_threads()
     if args.deterministic:
@@ -242,6 +250,9 @@ def main(args):
     device = torch.device(args.device)
     rank, world = utils.get_rank(), utils.get_world_size()
     utils.seed_everything(args.seed + rank)
+    latest = Path(args.output_dir) / LATEST
+    if args.auto_resume and not args.resume and latest.is_file():
+        args.resume = str(latest)
 
     tokenizer = build_tokenizer(args)
     if args.bert_init == "random":
@@ -266,31 +277,24 @@ def main(args):
     print(f"{n_parameters:,} trainable parameters; {len(loader_train)} steps per epoch of "
           f"{args.batch_size} x {world} samples")
 
-    state = {"step": 0, "train_seconds": 0.0}
-    best_accu = float("-inf")
-    rng_states = None
+    run = TrainingRun(args, model, optimizer, scaler, tokenizer)
+    progress, epoch_metrics, rng_states = fresh_progress(), None, None
     if args.resume:
-        checkpoint = safe_load(args.resume)
-        load_state_dict_checked(model, checkpoint["model"], f"checkpoint {args.resume}")
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        args.start_epoch = checkpoint["epoch"] + 1
-        state = {"step": checkpoint["step"], "train_seconds": checkpoint["train_seconds"]}
-        best_accu = checkpoint["best_accu"]
-        rng_states = checkpoint["rng"]
-        print(f"resumed from {args.resume} at epoch {args.start_epoch}, step {state['step']}")
+        progress, epoch_metrics, rng_states = run.resume(args.resume)
+        print(f"resumed from {args.resume} at epoch {progress['epoch']}, batch {progress['batch']}, "
+              f"step {progress['step']}")
+        if progress["epoch"] >= args.epochs or 0 < args.minutes * 60 <= progress["train_seconds"]:
+            print(f"nothing left to train: {args.resume} has finished its {args.epochs} epochs or its "
+                  f"{args.minutes}-minute budget (raise --epochs / --minutes to continue, or use a new "
+                  f"--output_dir to start over)")
+            return "done"
+    args.start_epoch = progress["epoch"]
+    run.start(resumed=bool(args.resume))
     model_without_ddp = model
     if args.compile:
         utils.compile_model(model, device)
     model = wrap_model(model, args)
     writer = build_tensorboard(args)
-    output_dir = Path(args.output_dir)
-    if utils.is_main_process():
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.json").write_text(json.dumps(json_config(args), indent=1))
-        if not args.resume:
-            # A new run starts a new log; a resumed one continues its own.
-            (output_dir / "log.txt").write_text("")
     if rng_states is not None:
         # Last, so that nothing above draws from the restored streams.
         if len(rng_states) == world:
@@ -301,55 +305,60 @@ def main(args):
 
     print("Start training")
     start_time = time.time()
+    status = "done"
     for epoch in range(args.start_epoch, args.epochs):
         for param in backbone:
             param.requires_grad_(epoch >= args.freeze_epochs)
         loader_train.batch_sampler.sampler.set_epoch(epoch)
-        train_stats, exhausted = train_one_epoch(model, criterion, loader_train, optimizer, scaler, device, epoch,
-                                                 args, state, writer)
+        loader_train.dataset.set_epoch(epoch)
+        logger = utils.MetricLogger()
+        if epoch_metrics is not None:  # resumed mid-epoch: the averages so far
+            logger.load_state_dict(epoch_metrics)
+            epoch_metrics = None
+        train_stats, status = train_one_epoch(model, criterion, loader_train, optimizer, scaler, device, epoch, args,
+                                              progress, writer, logger, lambda lg: run.save_step(progress, lg), stop)
+        if status == "stopped":
+            # Every rank says where it stopped (they agree: the stop request is all-reduced with the loss).
+            sys.stdout.write(f"rank {rank} stopped at epoch {epoch}, step {progress['step']}; checkpoint written "
+                             f"to {latest} (continue with --auto_resume or --resume {latest})\n")
+            sys.stdout.flush()
+            break
         val_stats = summarize_results(evaluate(model_without_ddp, loader_val, device, args, desc="Val"),
                                       loader_val.dataset)
         print(f"epoch {epoch} validation: {format_stats(val_stats)}")
-        improved = val_stats["accu"] > best_accu
-        best_accu = max(best_accu, val_stats["accu"])
-
-        rng = utils.all_gather_object(utils.get_rng_state())
-        if utils.is_main_process():
-            checkpoint = {
-                "model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch, "step": state["step"],
-                "train_seconds": state["train_seconds"], "best_accu": best_accu, "val_stats": val_stats,
-                "args": json_config(args), "tokenizer": tokenizer_info(tokenizer, args), "rng": rng,
-            }
-            atomic_save(checkpoint, output_dir / "checkpoint_latest.pth")
-            if improved:
-                atomic_save(checkpoint, output_dir / "best_checkpoint.pth")
-            log = {"epoch": epoch, "step": state["step"], **{f"train_{k}": v for k, v in train_stats.items()},
-                   **{f"validation_{k}": v for k, v in val_stats.items()}, "n_parameters": n_parameters,
-                   "train_seconds": state["train_seconds"]}
-            with (output_dir / "log.txt").open("a") as f:
-                f.write(json.dumps(log) + "\n")
-            if writer is not None:
-                writer.add_scalar("eval_acc", val_stats["accu"], epoch)
-        if exhausted:
-            print(f"time budget of {args.minutes} minutes spent after epoch {epoch}, step {state['step']}")
+        improved = val_stats["accu"] > progress["best_accu"]
+        progress["best_accu"] = max(progress["best_accu"], val_stats["accu"])
+        log = {"epoch": epoch, "step": progress["step"], **{f"train_{k}": v for k, v in train_stats.items()},
+               **{f"validation_{k}": v for k, v in val_stats.items()}, "n_parameters": n_parameters,
+               "train_seconds": progress["train_seconds"]}
+        run.save_epoch(progress, log, val_stats, improved)
+        if writer is not None:
+            writer.add_scalar("eval_acc", val_stats["accu"], epoch)
+        progress.update(epoch=epoch + 1, batch=0)
+        if status == "budget":
+            print(f"time budget of {args.minutes} minutes spent after epoch {epoch}, step {progress['step']}")
             break
 
     if writer is not None:
         writer.close()
     print(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}; "
-          f"best validation Acc@0.5 {best_accu:.4f}")
+          f"best validation Acc@0.5 {progress['best_accu']:.4f}")
+    return status
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser("SegVG training", parents=[get_args_parser()])
     args = parser.parse_args()
+    code = 0
     try:
-        main(args)
-    except NonFiniteLossError as err:
+        status, stop = main(args)
+        if status == "stopped":
+            code = stop.exit_status()
+    except (NonFiniteLossError, CheckpointError, FileNotFoundError, ValueError) as err:
         if utils.is_main_process():
-            sys.stderr.write(f"ERROR: {err}\n")
-        sys.exit(1)
+            sys.stderr.write(f"error: {err}\n")
+        code = 1
     finally:
         if utils.is_dist_avail_and_initialized():
             torch.distributed.destroy_process_group()
+    sys.exit(code)

@@ -9,7 +9,8 @@
 #
 # Environment: NPROC (processes per node, default 1), NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT (multi-node
 # rendezvous), DATASET, DATA_ROOT, SPLIT_ROOT, DETR_MODEL, OUTPUT_DIR, DEMO_MINUTES, PYTHON. Extra arguments go to
-# train.py and override the flags below.
+# train.py and override the flags below. Runs continue from OUTPUT_DIR/checkpoint_latest.pth when it exists
+# (--auto_resume): a preempted or requeued job just runs the same command again; delete OUTPUT_DIR to start over.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -34,7 +35,7 @@ if [ -z "${DATASET:-}" ]; then
         --vl_hidden_dim 128 --vl_nheads 4 --vl_dim_feedforward 256 --vl_enc_layers 1 --vl_dec_layers 1 --vl_dropout 0 \
         --batch_size 32 --lr 6e-4 --lr_bert 6e-4 --lr_visu_cnn 6e-4 --lr_visu_tra 6e-4 --clip_max_norm 0 \
         --lr_scheduler cosine_iter --warmup_steps 200 --cosine_hold 0.5 --freeze_epochs 0 --epochs 1000 \
-        --minutes "$DEMO_MINUTES" --channels_last --num_workers 0 "$@"
+        --minutes "$DEMO_MINUTES" --channels_last --num_workers 0 --auto_resume "$@"
     launch eval.py --eval_model "$OUTPUT_DIR/best_checkpoint.pth" --eval_set test --output_dir "$OUTPUT_DIR" \
         --num_workers 0 --save_predictions "$OUTPUT_DIR/predictions_test.jsonl" --visualize 6
     "$PYTHON" tools/plot_log.py "$OUTPUT_DIR/log.txt"
@@ -56,4 +57,4 @@ fi
 launch train.py --dataset "$DATASET" --data_root "$DATA_ROOT" --split_root "$SPLIT_ROOT" --output_dir "$OUTPUT_DIR" \
     "${DETR_FLAG[@]}" --batch_size 8 --backbone resnet101 --max_query_len 40 \
     --lr 1e-4 --lr_bert 1e-5 --lr_visu_cnn 1e-5 --lr_visu_tra 1e-5 --epochs 90 --lr_drop 60 --freeze_epochs 10 \
-    --clip_max_norm 0.1 --aug_scale --aug_translate --aug_crop --num_workers 8 "$@"
+    --clip_max_norm 0.1 --aug_scale --aug_translate --aug_crop --num_workers 8 --auto_resume "$@"

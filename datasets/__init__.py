@@ -11,16 +11,19 @@ BATCH_KEYS = ("img", "img_mask", "text_ids", "text_mask", "target", "pos_region"
 
 
 def build_dataset(split, args, tokenizer=None):
-    """Split `split` of args.dataset: training augmentation for train/trainval, the eval transform otherwise."""
+    """Split `split` of args.dataset: training augmentation for train/trainval (drawn per sample from args.seed, the
+    epoch and the index), the eval transform otherwise."""
+    train = split in ("train", "trainval")
     return GroundingDataset(
         data_root=args.data_root,
         split_root=args.split_root,
         dataset=args.dataset,
         split=split,
-        transform=make_transforms(args, train=split in ("train", "trainval")),
+        transform=make_transforms(args, train=train),
         tokenizer=tokenizer or build_tokenizer(args),
         max_query_len=args.max_query_len,
         float_boxes=args.float_boxes,
+        augment_seed=args.seed if train else None,
     )
 
 

@@ -1,5 +1,6 @@
 """Referring-expression datasets in the TransVG/SegVG index format (SPEC §4.1-§4.3)."""
 import math
+import random
 from pathlib import Path
 
 import cv2
@@ -126,7 +127,7 @@ class GroundingDataset(Dataset):
     """One split of a referring-expression dataset; samples are dicts of tensors (see collate_fn)."""
 
     def __init__(self, data_root, split_root, dataset, split, transform, tokenizer, max_query_len,
-                 float_boxes=False):
+                 float_boxes=False, augment_seed=None):
         self.dataset = dataset
         self.split = split
         self.index_files = index_files(split_root, dataset, split)
@@ -138,6 +139,12 @@ class GroundingDataset(Dataset):
         self.tokenizer = tokenizer
         self.max_query_len = max_query_len
         self.float_boxes = float_boxes
+        self.augment_seed = augment_seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        """With augment_seed, sample idx of epoch e is augmented from the seed (augment_seed, e, idx)."""
+        self.epoch = epoch
 
     def __len__(self):
         return len(self.entries)
@@ -183,6 +190,10 @@ class GroundingDataset(Dataset):
     def __getitem__(self, idx):
         file_name, box, phrase, _ = self._parse(idx)
         sample = {"img": self._read(idx, file_name), "box": np.float32(box), "text": phrase.lower()}
+        if self.augment_seed is not None:
+            # The augmentation of a sample depends only on (seed, epoch, index), not on which DataLoader worker
+            # draws it or on what was drawn before: a run resumed mid-epoch continues exactly.
+            random.seed(f"{self.augment_seed}-{self.epoch}-{idx}")
         out = self.transform(sample)
         ids, mask = encode_text(self.tokenizer, out.pop("text"), self.max_query_len)
         out["text_ids"] = torch.tensor(ids, dtype=torch.long)

@@ -2,8 +2,8 @@
 
 A sample is a dict {"img": uint8 [H, W, 3] RGB, "box": float32 [4] xyxy in image pixels, "text": str}.
 Every transform keeps the box on the same pixels as the image; NormalizeAndPad ends the pipeline and
-returns the tensors the model sees. Randomness comes from Python's `random`, which DataLoader seeds
-per worker.
+returns the tensors the model sees. Randomness comes from Python's `random`, which the training dataset
+seeds per sample (GroundingDataset.augment_seed).
 """
 import random
 import re

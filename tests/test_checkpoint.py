@@ -7,8 +7,8 @@ import torch
 from model_helpers import model_inputs, tiny_args, tiny_batch
 from models import build_model
 from utils import checkpoint
-from utils.checkpoint import (atomic_save, load_detr_weights, load_official_checkpoint, load_state_dict_checked,
-                              ours_to_official, safe_load)
+from utils.checkpoint import (CheckpointError, atomic_save, load_detr_weights, load_official_checkpoint,
+                              load_state_dict_checked, ours_to_official, safe_load)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,8 @@ def test_atomic_save_keeps_the_previous_file_on_failure(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match="cannot write .*checkpoint_latest.pth: disk full; the previous "
+                                              "checkpoint is kept"):
         atomic_save({"epoch": 2}, path)
     assert os.listdir(tmp_path) == ["checkpoint_latest.pth"]
     assert safe_load(path)["epoch"] == 1

@@ -7,9 +7,9 @@ import torch
 from datasets.tokenizer import DEMO_VOCAB
 from eval import explicit_flags, get_args_parser, load_model, resolve_config, tokenizer_from_checkpoint
 from models import build_model
-from train import json_config, tokenizer_info
 from train_helpers import synthetic_batch, tiny_train_args
 from utils.checkpoint import ours_to_official, safe_load
+from utils.training_state import json_config, tokenizer_info
 
 TRAINED_ARGS = ["--imsize", "96", "--max_query_len", "10", "--enc_layers", "4", "--bert_vocab_size", "119"]
 

@@ -9,8 +9,8 @@ from datasets import build_tokenizer, demo
 from eval import get_args_parser, main
 from model_helpers import tiny_args
 from models import build_model
-from train import json_config, tokenizer_info
 from utils.checkpoint import atomic_save
+from utils.training_state import json_config, tokenizer_info
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ from datasets.transforms import canvas_to_image, eval_placement, make_transforms
 from model_helpers import tiny_args
 from models import build_model
 from predict import SegVGPredictor
-from train import json_config, tokenizer_info
 from utils.checkpoint import atomic_save
 from utils.eval_utils import segmentation_confidence
+from utils.training_state import json_config, tokenizer_info
 
 
 def demo_args():

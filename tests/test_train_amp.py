@@ -22,7 +22,7 @@ def test_mixed_precision_step(amp):
     optimizer = build_optimizer(model, args)
     # A small initial scale: the default 2**16 overflows fp16 here, and GradScaler then (rightly) skips the step.
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 4, enabled=amp == "fp16")
-    state = {"step": 0, "train_seconds": 0.0}
+    state = {"step": 0, "batch": 0, "train_seconds": 0.0}
     stats, _ = train_one_epoch(model, build_criterion(args), [synthetic_batch(args, 2, seed=0)], optimizer, scaler,
                                torch.device("cpu"), 0, args, state)
     assert math.isfinite(stats["loss"]) and state["step"] == 1

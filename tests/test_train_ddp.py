@@ -31,13 +31,14 @@ def train(rank, world_size, epochs=2):
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     criterion = build_criterion(args)
     wrapped = wrap_model(model, args)
-    state = {"step": 0, "train_seconds": 0.0}
+    state = {"step": 0, "batch": 0, "train_seconds": 0.0}
     share = GLOBAL_BATCH // world_size
     for epoch in range(epochs):
         for param in backbone:
             param.requires_grad_(epoch >= args.freeze_epochs)
         batch = synthetic_batch(args, GLOBAL_BATCH, seed=epoch)
         local = {k: v[rank * share:(rank + 1) * share] for k, v in batch.items()}
+        state["batch"] = 0  # a new epoch
         train_one_epoch(wrapped, criterion, [local], optimizer, scaler, torch.device("cpu"), epoch, args, state)
     return model, initial
 

@@ -1,7 +1,11 @@
-"""Checkpoint I/O: atomic saves, safe loads, and the key maps from official SegVG and DETR checkpoints."""
+"""Checkpoint I/O: durable atomic saves, safe loads with one-line errors, and the key maps from official SegVG and
+DETR checkpoints."""
 import argparse
+import errno
 import os
+import pickle
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -67,27 +71,91 @@ def ours_to_official(key):
     return new
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, is refused, does not fit the model, or cannot be written; the message is
+    one line naming the file and what is wrong."""
+
+
 def safe_load(path):
     """``torch.load`` with ``weights_only=True``; the original's pickled ``argparse.Namespace`` is allowed."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "Weights only load failed" not in text:
+            raise CheckpointError(f"{path} is truncated or corrupt: {first_line(text)}") from None
+        found = re.search(r"(?:unsupported|Unsupported global:) (GLOBAL [\w.]+)|Unsupported operand \S+", text)
+        detail = (found.group(1) or found.group(0)) if found else "an object weights_only refuses"
+        raise CheckpointError(f"{path} holds Python objects other than tensors and plain data ({detail}); refusing "
+                              f"to load it, it could run code") from None
+    except Exception as err:  # the zip reader and the unpickler fail in many ways on a damaged file
+        detail = first_line(str(err)) if isinstance(err, RuntimeError) else f"{type(err).__name__} {err}"
+        raise CheckpointError(f"{path} is truncated or corrupt: {detail}; write it again or use another "
+                              f"checkpoint") from None
+
+
+def first_line(text):
+    """The first sentence of an error message (torch's zip reader appends a paragraph of advice)."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line.split(". ")[0]
+
+
+def fsync_folder(folder):
+    """Make a rename or a new file in folder durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write):
+    """write(file) into a temporary file of path's folder, fsync it, rename it over path, fsync the folder: after a
+    crash or a power cut path holds either the old or the new content, never a mix. A failure (disk full,
+    permission denied) raises CheckpointError and leaves path as it was."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_folder(path.parent)
+        os.replace(tmp, path)
+        tmp = None
+        fsync_folder(path.parent)
+    except (OSError, RuntimeError) as err:
+        raise CheckpointError(f"cannot write {path}: {write_failure(err, path.parent)}; the previous "
+                              f"{'checkpoint' if path.suffix == '.pth' else 'file'} is kept") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_failure(err, folder):
+    """Why a write failed, in words: torch's zip writer reports a full disk as 'unexpected pos ...'."""
+    if isinstance(err, OSError) and err.errno is not None:
+        return os.strerror(err.errno).lower()
+    try:
+        if shutil.disk_usage(folder).free < 1 << 20:
+            return os.strerror(errno.ENOSPC).lower()
+    except OSError:
+        pass
+    return first_line(str(err))
 
 
 def atomic_save(obj, path):
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """torch.save through atomic_write."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def is_official_state_dict(state_dict):
@@ -113,15 +181,20 @@ def load_state_dict_checked(model, state_dict, source="checkpoint", describe=lam
               for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
     problems = []
     if missing:
-        problems.append(f"missing from {source}: " + ", ".join(describe(k) for k in missing))
+        problems.append(f"{len(missing)} missing from {source}: " + listing([describe(k) for k in missing]))
     if unexpected:
-        problems.append(f"unexpected in {source}: " + ", ".join(describe(k) for k in unexpected))
+        problems.append(f"{len(unexpected)} unexpected in {source}: " + listing([describe(k) for k in unexpected]))
     if shapes:
-        problems.append("shape mismatch (was it trained with another --max_query_len, --imsize or "
-                        "--backbone?): " + "; ".join(shapes))
+        problems.append(f"shape mismatch for {len(shapes)}: " + listing(shapes, "; "))
     if problems:
-        raise RuntimeError(f"cannot load {source} into the model:\n  " + "\n  ".join(problems))
+        raise CheckpointError(f"{source} does not fit this model configuration ({' | '.join(problems)}); was it "
+                              f"trained with other model flags (--backbone, --imsize, --max_query_len, widths or "
+                              f"depths)?")
     model.load_state_dict(state_dict)
+
+
+def listing(items, sep=", ", limit=5):
+    return sep.join(items[:limit]) + (f"{sep}... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 def load_official_checkpoint(model, checkpoint):
@@ -149,14 +222,14 @@ def load_detr_weights(model, path):
             ignored.append(key)
             continue
         if value.shape != ours[target].shape:
-            raise RuntimeError(f"DETR key {key}: checkpoint {tuple(value.shape)} vs model "
-                               f"{tuple(ours[target].shape)} ({target}); is --backbone right?")
+            raise CheckpointError(f"DETR checkpoint {path}, key {key}: checkpoint {tuple(value.shape)} vs model "
+                                  f"{tuple(ours[target].shape)} ({target}); is --backbone right?")
         update[target] = value
         used.append(key)
     expected = [k for k in ours if k.startswith(("visual.backbone.", "visual.input_proj.", "visual.layers."))]
     not_found = [k for k in expected if k not in update]
     if not_found:
-        raise RuntimeError(f"DETR checkpoint {path} lacks weights for: {', '.join(not_found[:10])}"
+        raise CheckpointError(f"DETR checkpoint {path} lacks weights for: {', '.join(not_found[:10])}"
                            + (f" and {len(not_found) - 10} more" if len(not_found) > 10 else ""))
     model.load_state_dict(update, strict=False)
     return used, ignored

@@ -169,3 +169,10 @@ class MetricLogger:
         if is_dist_avail_and_initialized():
             dist.all_reduce(totals)
         return {k: (s / c if c else float("nan")) for k, s, c in zip(names, *totals.tolist())}
+
+    def state_dict(self):
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state):
+        self.sums.update(state["sums"])
+        self.counts.update(state["counts"])

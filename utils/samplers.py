@@ -1,5 +1,19 @@
-"""Evaluation sampler: each rank gets every world_size-th index, without DistributedSampler's padding."""
-from torch.utils.data import Sampler
+"""Samplers: evaluation shards without DistributedSampler's padding; training batches that can start mid-epoch."""
+import itertools
+
+from torch.utils.data import BatchSampler, Sampler
+
+
+class ResumableBatchSampler(BatchSampler):
+    """BatchSampler whose epoch starts at batch `start` (set on a mid-epoch resume): the batches before it are
+    skipped without loading their samples. len() stays the whole epoch's."""
+
+    def __init__(self, sampler, batch_size, drop_last):
+        super().__init__(sampler, batch_size, drop_last)
+        self.start = 0
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start, None)
 
 
 class ShardSampler(Sampler):
