@@ -26,16 +26,16 @@ CATALOG = {
              "splits": ("train", "val", "test")},
 }
 
-# Sizes usually cited in the literature (SPEC §4.1; not verified from the files) and the demo defaults.
+# Lengths of the published index files (DATA-SOURCES §1.3) and the demo defaults.
 EXPECTED_SIZES = {
     "unc": {"train": 120624, "val": 10834, "testA": 5657, "testB": 5095},
     "unc+": {"train": 120191, "val": 10758, "testA": 5726, "testB": 4889},
+    "gref": {"train": 85474, "val": 9536},
     "gref_umd": {"train": 80512, "val": 4896, "test": 9602},
-    "referit": {"train": 54127, "val": 5842, "test": 60103},
-    "flickr": {"train": 427000, "val": 14433, "test": 14481},
+    "referit": {"train": 54127, "val": 5842, "trainval": 59969, "test": 60103},
+    "flickr": {"train": 427193, "val": 14433, "test": 14481},
     "demo": {"train": 20000, "val": 1000, "test": 1000},
 }
-APPROXIMATE_SIZES = {("flickr", "train")}
 
 
 def how_to_get(dataset):

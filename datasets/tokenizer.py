@@ -4,15 +4,19 @@ from pathlib import Path
 from transformers import BertTokenizerFast
 
 DEMO_VOCAB = Path(__file__).resolve().parent / "demo_vocab.txt"
+# Vocabularies shipped with the project (datasets/vocab/; tools/convert_bert_vocab.py), used instead of the hub.
+SHIPPED_VOCABS = {"bert-base-uncased": Path(__file__).resolve().parent / "vocab" / "bert-base-uncased.txt"}
 
 
 def build_tokenizer(args):
-    """Lower-casing WordPiece tokenizer from --vocab_file, else from --bert_model (hub name or folder).
+    """Lower-casing WordPiece tokenizer from --vocab_file, else from --bert_model: bert-base-uncased's vocabulary
+    ships with the project (no hub access), other hub names and local folders go through from_pretrained.
 
     The fast tokenizer splits text exactly like the original's slow one (tests/test_data_tokenizer.py)
     and is several times quicker per phrase. `--dataset demo` defaults to the shipped demo vocabulary.
     """
-    vocab_file = args.vocab_file or (str(DEMO_VOCAB) if args.dataset == "demo" else "")
+    shipped = SHIPPED_VOCABS.get(args.bert_model)
+    vocab_file = args.vocab_file or (str(DEMO_VOCAB) if args.dataset == "demo" else "") or str(shipped or "")
     if vocab_file:
         if not Path(vocab_file).is_file():
             raise FileNotFoundError(f"--vocab_file {vocab_file} does not exist")

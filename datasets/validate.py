@@ -1,8 +1,9 @@
 """Check a dataset setup before a long run.
 
     python -m datasets.validate --dataset unc --data_root R --split_root S [--split testA]
+    python -m datasets.validate --dataset unc --split_root S --no_images     # the index files alone
 
-Prints the number of expressions per split next to the expected size (SPEC §4.1), then every problem
+Prints the number of expressions per split next to the expected size (DATA-SOURCES §1.3), then every problem
 with its index file and entry number: missing index file or image, unreadable image, malformed tuple,
 degenerate or out-of-image box, empty phrase. Exits with status 1 when there is any problem.
 """
@@ -13,18 +14,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .grounding import (APPROXIMATE_SIZES, CATALOG, EXPECTED_SIZES, how_to_get, index_files, load_index,
-                        parse_entry, read_rgb)
+from .grounding import CATALOG, EXPECTED_SIZES, how_to_get, index_files, load_index, parse_entry, read_rgb
 
 
-def validate(dataset, data_root, split_root, splits=None, out=None):
-    """-> list of problem strings; the counts table and the problems are printed to `out` (stdout)."""
+def validate(dataset, data_root, split_root, splits=None, out=None, check_images=True):
+    """-> list of problem strings; the counts table and the problems are printed to `out` (stdout). Without
+    check_images only the index files are read (data_root is not used)."""
     out = out or sys.stdout
     splits = splits or [s for s in CATALOG[dataset]["splits"] if s != "trainval" or dataset == "referit"]
     problems = []
     uses = defaultdict(list)  # image file -> [(where, box)] for the entries that use it
-    print(f"dataset {dataset}: index files under {Path(split_root) / dataset}, images under "
-          f"{Path(data_root) / CATALOG[dataset]['image_dir']}", file=out)
+    images = f"images under {Path(data_root) / CATALOG[dataset]['image_dir']}" if check_images else "images not checked"
+    print(f"dataset {dataset}: index files under {Path(split_root) / dataset}, {images}", file=out)
     folder = Path(split_root) / dataset
     if not folder.is_dir():
         problems.append(f"index folder {folder} not found. {how_to_get(dataset)}")
@@ -41,9 +42,8 @@ def validate(dataset, data_root, split_root, splits=None, out=None):
                 print(f"  {part:<10}{'missing' if isinstance(err, FileNotFoundError) else 'unreadable':>10}", file=out)
                 continue
             expected = EXPECTED_SIZES.get(dataset, {}).get(part)
-            approx = (dataset, part) in APPROXIMATE_SIZES
-            note = "" if expected is None or len(entries) == expected or approx else "  (differs)"
-            shown = "unknown" if expected is None else f"{'~' if approx else ''}{expected}"
+            note = "" if expected is None or len(entries) == expected else "  (differs)"
+            shown = "unknown" if expected is None else str(expected)
             print(f"  {part:<10}{len(entries):>10}{shown:>12}{note}", file=out)
             for n, entry in enumerate(entries):
                 where = f"{path}[{n}]"
@@ -59,7 +59,9 @@ def validate(dataset, data_root, split_root, splits=None, out=None):
                 else:
                     uses[file_name].append((where, box))
 
-    image_dir = Path(data_root) / CATALOG[dataset]["image_dir"]
+    if not check_images:
+        uses.clear()
+    image_dir = Path(data_root or ".") / CATALOG[dataset]["image_dir"]
     if uses and not image_dir.is_dir():
         problems.append(f"image folder {image_dir} not found ({len(uses)} images are referenced)")
         uses.clear()
@@ -87,13 +89,17 @@ def validate(dataset, data_root, split_root, splits=None, out=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, choices=sorted(CATALOG))
-    parser.add_argument("--data_root", required=True, help="image root (see README 'Data preparation')")
+    parser.add_argument("--data_root", help="image root (see README 'Data preparation')")
     parser.add_argument("--split_root", required=True, help="folder holding <dataset>/<dataset>_<split>.pth")
     parser.add_argument("--split", help="check one split only (default: all)")
+    parser.add_argument("--no_images", action="store_true", help="check the index files only, not the images")
     args = parser.parse_args(argv)
+    if not args.data_root and not args.no_images:
+        parser.error("--data_root is required unless --no_images is given")
     if args.split and args.split not in CATALOG[args.dataset]["splits"]:
         parser.error(f"dataset {args.dataset} has no split {args.split}; choose from {CATALOG[args.dataset]['splits']}")
-    problems = validate(args.dataset, args.data_root, args.split_root, [args.split] if args.split else None)
+    problems = validate(args.dataset, args.data_root, args.split_root, [args.split] if args.split else None,
+                        check_images=not args.no_images)
     sys.exit(1 if problems else 0)
 
 

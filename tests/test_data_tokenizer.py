@@ -2,7 +2,7 @@
 import pytest
 
 from datasets import build_tokenizer, encode_text
-from datasets.tokenizer import DEMO_VOCAB
+from datasets.tokenizer import DEMO_VOCAB, SHIPPED_VOCABS
 from train import get_args_parser
 
 try:  # transformers 5.x keeps the pure-Python tokenizer under this name
@@ -68,3 +68,35 @@ def test_demo_dataset_defaults_to_the_shipped_vocab():
 def test_missing_vocab_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         build_tokenizer(args_for("--vocab_file", str(tmp_path / "nope.txt")))
+
+
+def generated_phrases(count=400, seed=0):
+    """Referring expressions with punctuation, accents, digits, hyphens, CJK, emoji and odd spacing."""
+    import random
+    rng = random.Random(seed)
+    words = ("the man woman guy on left right leftmost 2nd third from top bottom in red blue shirt with a hat "
+             "strawberries café naïve résumé Über straße 12 3rd 1990s x-ray t-shirt left-hand o'neill "
+             "\u4e2d\u6587 \u65e5\u672c \U0001F600 \u00bd \u2013 zebra's bicycle unaffable supercalifragilistic").split()
+    marks = [",", ".", "!", "?", "(", ")", "'", '"', "-", ":", ";", "/", "&", "#", "%", "$", "@", "*"]
+    phrases = []
+    for _ in range(count):
+        parts = [rng.choice(words) for _ in range(rng.randint(1, 10))]
+        for _ in range(rng.randint(0, 3)):
+            parts.insert(rng.randint(0, len(parts)), rng.choice(marks))
+        sep = rng.choice([" ", " ", "  ", "\t", ""])
+        text = sep.join(parts)
+        phrases.append(text.upper() if rng.random() < 0.1 else text)
+    return phrases
+
+
+def test_shipped_bert_vocabulary_tokenizes_as_huggingface_without_the_hub():
+    tok = build_tokenizer(args_for("--bert_model", "bert-base-uncased"))
+    assert len(tok) == 30522
+    ids = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, "the": 1996, "man": 2158,
+           "left": 2187, "right": 2157, "straw": 13137, "##berries": 20968}
+    assert tok.convert_tokens_to_ids(list(ids)) == list(ids.values())
+    assert encode_text(tok, "The man on the LEFT", 8)[0] == [101, 1996, 2158, 2006, 1996, 2187, 102, 0]
+    slow = SlowBertTokenizer(str(SHIPPED_VOCABS["bert-base-uncased"]), do_lower_case=True)
+    for phrase in generated_phrases():
+        assert tok.tokenize(phrase) == slow.tokenize(phrase), phrase
+        assert encode_text(tok, phrase, 40) == encode_text(slow, phrase, 40), phrase

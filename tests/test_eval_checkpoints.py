@@ -61,3 +61,22 @@ def test_official_checkpoint_config_from_its_namespace(tmp_path):
     assert len(tokenizer_from_checkpoint(checkpoint, fresh, {"vocab_file"})) == 119
     torch.testing.assert_close(predictions(load_model(fresh, checkpoint, official), fresh), predictions(model, args),
                                rtol=0, atol=0)
+
+
+def test_official_checkpoint_tokenizer_needs_no_hub(tmp_path, monkeypatch):
+    """No --vocab_file, no --bert_model: bert-base-uncased's shipped vocabulary, and nothing asks the hub."""
+    import transformers
+
+    def no_hub(*_args, **_kwargs):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(transformers.BertTokenizerFast, "from_pretrained", no_hub)
+    path = tmp_path / "official.pth"
+    torch.save({"model": {"module.visumodel.input_proj.weight": torch.zeros(1)}, "args": argparse.Namespace(imsize=640)},
+               path)
+    parser = get_args_parser()
+    argv = ["--eval_model", str(path)]
+    args, official = resolve_config(parser.parse_args(argv), explicit_flags(parser, argv), safe_load(path))
+    tokenizer = tokenizer_from_checkpoint(safe_load(path), args)
+    assert official
+    assert len(tokenizer) == 30522 and tokenizer.convert_tokens_to_ids("left") == 2187

@@ -1,14 +1,37 @@
 # Sourced by train.sh and test.sh: `launch script.py args...` runs one process with plain python, or several
 # with torchrun and a static rendezvous, from NPROC, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT and PYTHON.
+# SIGTERM and SIGUSR1 sent to this shell (a scheduler's preemption notice, SLURM's --signal=B:USR1@120) are passed
+# on to the Python processes -- under torchrun to its workers, since torchrun itself dies of SIGUSR1 -- which
+# then save a checkpoint and exit with status 128 + the signal's number (train.py: README "Long runs").
 PYTHON=${PYTHON:-python}
 NPROC=${NPROC:-1}
 NNODES=${NNODES:-1}
 
 launch() {
+    local pid status
     if [ "$NPROC" -eq 1 ] && [ "$NNODES" -eq 1 ]; then
-        "$PYTHON" "$@"
+        "$PYTHON" "$@" &
     else
         torchrun --nproc_per_node "$NPROC" --nnodes "$NNODES" --node_rank "${NODE_RANK:-0}" \
-            --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" "$@"
+            --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" "$@" &
+    fi
+    pid=$!
+    trap "forward_signal TERM $pid" TERM
+    trap "forward_signal USR1 $pid" USR1
+    # wait returns early when a trapped signal arrives: wait again until the process has ended.
+    while true; do
+        status=0
+        wait "$pid" || status=$?
+        kill -0 "$pid" 2>/dev/null || break
+    done
+    trap - TERM USR1
+    return "$status"
+}
+
+forward_signal() {
+    if [ "$NPROC" -eq 1 ] && [ "$NNODES" -eq 1 ]; then
+        kill -"$1" "$2" 2>/dev/null || true
+    else
+        pkill -"$1" -P "$2" 2>/dev/null || true
     fi
 }
