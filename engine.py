@@ -29,13 +29,14 @@ def autocast(device, amp):
 
 
 def train_one_epoch(model, criterion, data_loader, optimizer, scaler, device, epoch, args, state, writer=None,
-                    logger=None, save_step=None, stop=None):
+                    logger=None, save_step=None, stop=None, validate_subset=None):
     """One pass over data_loader from batch state["batch"] (non-zero on a mid-epoch resume).
 
     state: {"step": global iteration, "batch": batches of this epoch done, "train_seconds": training time so far},
     updated in place and the same on every rank. logger: the epoch's running averages (restored on a resume).
     save_step(logger): writes the step checkpoint, called every --save_every steps and when stopping.
     stop: utils.preemption.StopSignal; a signal on any rank stops every rank after the same step.
+    validate_subset(): called every --eval_every steps; its time does not count as training time.
     Returns (epoch averages, status): "done", "budget" (the --minutes budget is spent) or "stopped" (a signal).
     """
     model.train()
@@ -53,6 +54,7 @@ def train_one_epoch(model, criterion, data_loader, optimizer, scaler, device, ep
                mininterval=1.0, initial=first, total=len(data_loader))
     start_seconds, start_count = state["train_seconds"], logger.counts["loss"]
     epoch_start = last = time.perf_counter()
+    paused = 0.0  # seconds spent validating inside the epoch, not training
     status = "done"
     for i, batch in enumerate(bar, first):
         progress = state["train_seconds"] / budget if budget > 0 else state["step"] / total_steps
@@ -63,7 +65,7 @@ def train_one_epoch(model, criterion, data_loader, optimizer, scaler, device, ep
         losses = criterion(outputs, batch["target"], batch["pos_region"])
 
         # One all_reduce gives every rank the same loss, clock and stop request, so all stop at the same step.
-        local_seconds = start_seconds + time.perf_counter() - epoch_start
+        local_seconds = start_seconds + time.perf_counter() - epoch_start - paused
         signalled = float(stop is not None and stop.requested)
         *values, seconds, stopping = utils.reduce_mean([losses[k].item() for k in LOSS_TERMS]
                                                        + [local_seconds, signalled], device)
@@ -105,6 +107,12 @@ def train_one_epoch(model, criterion, data_loader, optimizer, scaler, device, ep
             save_step(logger)
         if status != "done":
             break
+        if validate_subset is not None and args.eval_every > 0 and state["step"] % args.eval_every == 0:
+            pause = time.perf_counter()
+            validate_subset()
+            model.train()
+            paused += time.perf_counter() - pause
+            last = time.perf_counter()
     bar.close()
     stats = logger.global_averages(device)
     samples = (logger.counts["loss"] - start_count) * world

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 import utils.misc as utils
 from datasets import build_dataset, build_tokenizer, collate_fn
@@ -46,6 +46,9 @@ def get_args_parser():
     parser.add_argument("--warmup_steps", default=0, type=int, help="linear lr warmup over the first iterations")
     parser.add_argument("--cosine_hold", default=0.0, type=float,
                         help="cosine_iter: fraction of the run at the peak lr before the cosine decay starts")
+    parser.add_argument("--eval_every", default=0, type=int,
+                        help="also validate every N steps on the first --eval_subset validation samples (val_curve.txt)")
+    parser.add_argument("--eval_subset", default=500, type=int, help="samples of the --eval_every validation")
     parser.add_argument("--minutes", default=0.0, type=float,
                         help="training time budget: stop when it is spent (0: run all --epochs)")
     parser.add_argument("--lr_drop", default=60, type=int)
@@ -57,6 +60,8 @@ def get_args_parser():
     parser.add_argument("--aug_crop", action="store_true")
     parser.add_argument("--aug_scale", action="store_true")
     parser.add_argument("--aug_translate", action="store_true")
+    parser.add_argument("--color_jitter", default=0.4, type=float,
+                        help="brightness, contrast and saturation jitter strength (the original's 0.4; 0 disables)")
     parser.add_argument("--flip_text", default="word", choices=["word", "legacy"],
                         help="left/right swap on flip: whole words, or the original substring swap")
     parser.add_argument("--mask_padding", action="store_true",
@@ -114,6 +119,9 @@ def get_args_parser():
     # Loss (SPEC §3)
     parser.add_argument("--detach_pos_factor", action="store_true",
                         help="stop the box losses' gradient from flowing into the segmentation head")
+    parser.add_argument("--seg_loss", default="on", choices=["on", "off"],
+                        help="off: the paper's baseline without segmentation supervision (no focal and dice terms, "
+                             "box losses unweighted); the architecture is unchanged")
 
     # Data
     parser.add_argument("--data_root", default="./data/images")
@@ -216,6 +224,15 @@ def build_loaders(args, tokenizer):
     return loader_train, loader_val
 
 
+def build_subset_loader(loader_val, args):
+    """The first --eval_subset validation samples (their dataset indices are their positions, as evaluate needs)."""
+    dataset = loader_val.dataset
+    subset = Subset(dataset, range(min(args.eval_subset, len(dataset))))
+    world, rank = utils.get_world_size(), utils.get_rank()
+    return DataLoader(subset, batch_size=args.batch_size, collate_fn=collate_fn, num_workers=args.num_workers,
+                      sampler=ShardSampler(len(subset), rank, world))
+
+
 def build_tensorboard(args):
     if not args.tensorboard or not utils.is_main_process():
         return None
@@ -303,6 +320,13 @@ def train(args, stop):
             print(f"checkpoint has RNG states for {len(rng_states)} processes, this run has {world}: "
                   f"keeping fresh seeds, so the run will not repeat the original exactly")
 
+    subset_loader = build_subset_loader(loader_val, args) if args.eval_every > 0 else None
+
+    def validate_subset():
+        results = evaluate(model_without_ddp, subset_loader, device, args, desc="Val subset")
+        run.log_curve({"step": progress["step"], "train_seconds": progress["train_seconds"], "epoch": epoch,
+                       **summarize_results(results, subset_loader.dataset)})
+
     print("Start training")
     start_time = time.time()
     status = "done"
@@ -316,7 +340,8 @@ def train(args, stop):
             logger.load_state_dict(epoch_metrics)
             epoch_metrics = None
         train_stats, status = train_one_epoch(model, criterion, loader_train, optimizer, scaler, device, epoch, args,
-                                              progress, writer, logger, lambda lg: run.save_step(progress, lg), stop)
+                                              progress, writer, logger, lambda lg: run.save_step(progress, lg), stop,
+                                              validate_subset if subset_loader is not None else None)
         if status == "stopped":
             # Every rank says where it stopped (they agree: the stop request is all-reduced with the loss).
             sys.stdout.write(f"rank {rank} stopped at epoch {epoch}, step {progress['step']}; checkpoint written "

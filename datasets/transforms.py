@@ -249,7 +249,7 @@ def make_transforms(args, train):
     ])
     return Compose([
         RandomSelect(RandomResize(scales), crop, p=0.5 if args.aug_crop else 0.0),
-        ColorJitter(0.4, 0.4, 0.4),
+        ColorJitter(args.color_jitter, args.color_jitter, args.color_jitter),
         GaussianBlur(p=0.5 if args.aug_blur else 0.0),
         RandomHorizontalFlip(text_mode=args.flip_text),
         NormalizeAndPad(size, translate=args.aug_translate, mask_padding=args.mask_padding),

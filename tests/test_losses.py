@@ -88,3 +88,22 @@ def test_pos_factor_gradient_flows_into_masks_unless_detached():
 
     assert seg_grad_from_box_terms(False).abs().sum() > 0
     assert seg_grad_from_box_terms(True) is None
+
+
+def test_seg_loss_off_is_the_unweighted_box_loss():
+    torch.manual_seed(0)
+    boxes = (torch.rand(3, 2, 4) * 0.4 + 0.3).requires_grad_()
+    target = torch.rand(2, 4) * 0.4 + 0.3
+    seg = torch.randn(3, 5, 2, 4, 4, requires_grad=True)
+    pos_region = torch.zeros(2, 16, 16, dtype=torch.bool)
+    pos_region[:, 4:12, 2:9] = True
+    outputs = {"aux_boxes": boxes, "aux_seg_logits": seg}
+    off = SegVGLoss(seg_loss=False)(outputs, target, pos_region)
+    on = SegVGLoss()(outputs, target, pos_region)
+    assert off["loss_focal"].item() == off["loss_dice"].item() == 0
+    l1 = sum(abs(b - t) for layer in boxes.tolist() for pred, gt in zip(layer, target.tolist())
+             for b, t in zip(pred, gt))
+    assert off["loss_bbox"].item() == pytest.approx(5 * l1 / 2, rel=1e-6)
+    assert on["loss_bbox"].item() > off["loss_bbox"].item()  # the positive factor is >= 1
+    off["loss"].backward()
+    assert seg.grad is None

@@ -1,5 +1,7 @@
 """train.main end to end on a tiny demo split: a run stopped by a non-finite loss keeps its last checkpoint, and
 resuming from it reproduces the uninterrupted run bit for bit (weights, optimizer, RNG streams, schedule)."""
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -75,3 +77,13 @@ def test_checkpoint_is_self_contained(demo_root, tmp_path):
     assert (tmp_path / "out" / "best_checkpoint.pth").is_file()
     log = (tmp_path / "out" / "log.txt").read_text().splitlines()
     assert len(log) == 1 and '"validation_accu"' in log[0]
+
+
+def test_validation_curve_every_n_steps(demo_root, tmp_path):
+    from tools.plot_log import plot_log
+    run(demo_root, tmp_path / "out", "--epochs", "1", "--eval_every", "2", "--eval_subset", "4", "--seg_loss", "off")
+    curve = [json.loads(line) for line in (tmp_path / "out" / "val_curve.txt").read_text().splitlines()]
+    assert [point["step"] for point in curve] == [2, 4]
+    assert all(point["count"] == 4 and 0 <= point["accu"] <= 1 for point in curve)
+    assert curve[0]["train_seconds"] < curve[1]["train_seconds"]
+    assert plot_log(tmp_path / "out" / "log.txt", tmp_path / "curves.png").is_file()

@@ -1,4 +1,5 @@
-"""Training curves from a run's log.txt (one JSON line per epoch) to a PNG.
+"""Training curves from a run's log.txt (one JSON line per epoch) to a PNG, with the --eval_every validation
+curve (val_curve.txt beside the log) against training time when there is one.
 
     python tools/plot_log.py outputs/demo/log.txt [--out curves.png]
 """
@@ -17,7 +18,7 @@ PANELS = [("loss terms", lambda k: k.startswith("train_loss")),
           ("validation", lambda k: k in ("validation_accu", "validation_miou", "validation_accu@0.75"))]
 
 
-def read_log(path):
+def read_log(path, allow_empty=False):
     rows = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if line.strip():
@@ -25,7 +26,7 @@ def read_log(path):
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}, line {n}: not a JSON line ({err})") from err
-    if not rows:
+    if not rows and not allow_empty:
         raise ValueError(f"{path} holds no epoch lines yet")
     return rows
 
@@ -33,7 +34,20 @@ def read_log(path):
 def plot_log(path, out):
     rows = read_log(path)
     epochs = [row.get("epoch", i) for i, row in enumerate(rows)]
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
+    curve_path = Path(path).with_name("val_curve.txt")
+    curve = read_log(curve_path, allow_empty=True) if curve_path.is_file() else []
+    panels = len(PANELS) + bool(curve)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
+    if curve:
+        ax = axes[-1]
+        minutes = [row["train_seconds"] / 60 for row in curve]
+        for key in ("accu", "miou"):
+            ax.plot(minutes, [row[key] for row in curve], marker="." if len(curve) < 60 else None, label=key)
+        ax.set_title(f"validation subset ({curve[0]['count']} samples)")
+        ax.set_xlabel("training minutes")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     for ax, (title, wanted) in zip(axes, PANELS):
         keys = sorted({k for row in rows for k, v in row.items() if wanted(k) and isinstance(v, (int, float))})
         for key in keys:

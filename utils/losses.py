@@ -65,8 +65,9 @@ class SegVGLoss(nn.Module):
     """Focal + dice on every (decoder layer, segmentation query) mask, L1 x5 + GIoU x2 on every layer's
     box weighted by the mask fit, all summed and divided by the batch size."""
 
-    def __init__(self, detach_pos_factor=False, weight_l1=5.0, weight_giou=2.0, low_memory=True):
+    def __init__(self, detach_pos_factor=False, weight_l1=5.0, weight_giou=2.0, low_memory=True, seg_loss=True):
         super().__init__()
+        self.seg_loss = seg_loss
         self.detach_pos_factor = detach_pos_factor
         self.weight_l1 = weight_l1
         self.weight_giou = weight_giou
@@ -82,10 +83,14 @@ class SegVGLoss(nn.Module):
     def _losses(self, boxes, seg, target, pos_region):
         """boxes [layers, B, 4], seg [layers, Q, B, g, g]"""
         layers, batch = boxes.shape[:2]
-        # Upsampled to the canvas before the sigmoid, as the original does.
-        focal, dice, pos_factor = self.segmentation_terms(seg, pos_region)  # each [layers, Q, B]
-        if self.detach_pos_factor:
-            pos_factor = pos_factor.detach()
+        if self.seg_loss:
+            # Upsampled to the canvas before the sigmoid, as the original does.
+            focal, dice, pos_factor = self.segmentation_terms(seg, pos_region)  # each [layers, Q, B]
+            if self.detach_pos_factor:
+                pos_factor = pos_factor.detach()
+        else:  # the paper's baseline: no mask supervision, box losses unweighted
+            focal = dice = boxes.new_zeros(seg.shape[:3])
+            pos_factor = torch.ones_like(focal)
         box_weight = pos_factor.mean(1)  # [layers, B]
 
         gt = target.expand_as(boxes)
@@ -105,4 +110,4 @@ class SegVGLoss(nn.Module):
 
 
 def build_criterion(args):
-    return SegVGLoss(detach_pos_factor=args.detach_pos_factor)
+    return SegVGLoss(detach_pos_factor=args.detach_pos_factor, seg_loss=args.seg_loss == "on")

@@ -40,19 +40,31 @@ class TrainingRun:
         self.scaler = scaler
         self.tokenizer = tokenizer
         self.output_dir = Path(args.output_dir)
+        self.resumed_step = 0
 
     def start(self, resumed):
-        """config.json (atomically) and, for a new run, an empty log; a resumed run keeps its log up to the epoch it
-        resumes, so replayed epochs are not logged twice."""
+        """config.json (atomically), and the logs: see _keep."""
         if not utils.is_main_process():
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.output_dir / "config.json", lambda f: f.write(json.dumps(json_config(self.args),
                                                                                     indent=1).encode()))
-        log = self.output_dir / "log.txt"
-        lines = log.read_text().splitlines() if resumed and log.is_file() else []
-        kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", -1) < self.args.start_epoch]
-        atomic_write(log, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
+        # A new run starts new logs; a resumed one keeps them up to where it resumes, so replayed epochs and curve
+        # points are not logged twice.
+        self._keep("log.txt", lambda entry: resumed and entry["epoch"] < self.args.start_epoch)
+        self._keep("val_curve.txt", lambda entry: resumed and entry["step"] <= self.resumed_step)
+
+    def _keep(self, name, keep):
+        path = self.output_dir / name
+        lines = path.read_text().splitlines() if path.is_file() else []
+        kept = [line + "\n" for line in lines if line.strip() and keep(json.loads(line))]
+        atomic_write(path, lambda f: f.write("".join(kept).encode()))
+
+    def log_curve(self, entry):
+        """One point of the --eval_every validation curve (val_curve.txt)."""
+        if utils.is_main_process():
+            with (self.output_dir / "val_curve.txt").open("a") as f:
+                f.write(json.dumps(entry) + "\n")
 
     def checkpoint(self, progress, epoch_done, logger=None, val_stats=None):
         rng = utils.all_gather_object(utils.get_rng_state())
@@ -108,6 +120,7 @@ class TrainingRun:
         load_state_dict_checked(self.model, checkpoint["model"], f"checkpoint {path}")
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
+        self.resumed_step = checkpoint["step"]
         done = checkpoint.get("epoch_done", True)  # checkpoints written before mid-epoch saves: epoch ends only
         progress = {"epoch": checkpoint["epoch"] + 1 if done else checkpoint["epoch"],
                     "batch": 0 if done else checkpoint["batch"], "step": checkpoint["step"],
