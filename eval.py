@@ -48,7 +48,8 @@ def get_args_parser():
     parser.add_argument("--eval_model", required=True, help="checkpoint to evaluate (ours or an official one)")
     parser.add_argument("--eval_set", default="test", help="split to evaluate: val, test, testA, testB, ...")
     parser.add_argument("--save_predictions", default="",
-                        help="JSONL file: per sample image, phrase, GT and predicted box (image pixels), IoU, confidence")
+                        help="JSONL file: per sample image, phrase, GT and predicted box (image pixels), IoU, "
+                             "confidence")
     parser.add_argument("--visualize", default=0, type=int,
                         help="write N overlays (the worst and the best IoU halves) to <output_dir>/visualize")
     parser.add_argument("--plain_inference", action="store_true",

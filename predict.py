@@ -62,8 +62,9 @@ class SegVGPredictor:
     @classmethod
     def from_checkpoint(cls, path, device="auto", bert_model=None, vocab_file=None, imsize=None, max_query_len=None,
                         fast=True):
-        """Rebuild from a checkpoint alone (fast: the inference fast path of models.inference). The canvas size and text length always come from the checkpoint
-        (its position tables depend on them); a different value asked for is reported and ignored."""
+        """Rebuild from a checkpoint alone (fast: the inference fast path of models.inference). The canvas size and
+        text length always come from the checkpoint (its position tables depend on them); a different value asked
+        for is reported and ignored."""
         checkpoint = safe_load(path)
         args = get_args_parser().parse_args([])
         args.eval_model = str(path)

@@ -47,7 +47,8 @@ def get_args_parser():
     parser.add_argument("--cosine_hold", default=0.0, type=float,
                         help="cosine_iter: fraction of the run at the peak lr before the cosine decay starts")
     parser.add_argument("--eval_every", default=0, type=int,
-                        help="also validate every N steps on the first --eval_subset validation samples (val_curve.txt)")
+                        help="also validate every N steps on the first --eval_subset validation samples "
+                             "(val_curve.txt)")
     parser.add_argument("--eval_subset", default=500, type=int, help="samples of the --eval_every validation")
     parser.add_argument("--minutes", default=0.0, type=float,
                         help="training time budget: stop when it is spent (0: run all --epochs)")

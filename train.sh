@@ -24,18 +24,10 @@ if [ -z "${DATASET:-}" ]; then
     if [ ! -f "$SPLIT_ROOT/demo/demo_test.pth" ]; then
         "$PYTHON" -m datasets.demo --out "$DATA_ROOT" --level easy --seed 0
     fi
-    # SegVG scaled down and trained from scratch: resnet18 up to layer3 (stride 16: a 4x4 grid on the 64-px canvas)
-    # with trainable BatchNorm and stem, a random 2-layer BERT, width 128, 2 Triple Alignment stages, one VL encoder
-    # and one decoder layer, no dropout; one lr for every group, no frozen epochs, warmup, the peak lr for half the
-    # time budget (the colour and shape words are bound in sudden steps that a decaying lr delays), then a cosine.
-    launch train.py --dataset demo --data_root "$DATA_ROOT" --split_root "$SPLIT_ROOT" --output_dir "$OUTPUT_DIR" \
-        --backbone resnet18 --backbone_stride 16 --backbone_norm batch --train_stem --imsize 64 --max_query_len 12 \
-        --bert_init random --bert_layers 2 --bert_hidden_dim 128 --bert_heads 4 --bert_ffn 256 --bert_dropout 0 \
-        --enc_layers 2 --hidden_dim 128 --nheads 4 --dim_feedforward 256 --dropout 0 \
-        --vl_hidden_dim 128 --vl_nheads 4 --vl_dim_feedforward 256 --vl_enc_layers 1 --vl_dec_layers 1 --vl_dropout 0 \
-        --batch_size 32 --lr 6e-4 --lr_bert 6e-4 --lr_visu_cnn 6e-4 --lr_visu_tra 6e-4 --clip_max_norm 0 \
-        --lr_scheduler cosine_iter --warmup_steps 200 --cosine_hold 0.5 --freeze_epochs 0 --epochs 1000 \
-        --minutes "$DEMO_MINUTES" --channels_last --num_workers 0 --auto_resume "$@"
+    # The demo configuration (SegVG scaled down, trained from scratch) is in tools/demo_flags.txt.
+    read -r -a DEMO_FLAGS <<< "$(grep -v '^[[:space:]]*#' tools/demo_flags.txt | tr '\n' ' ')"
+    launch train.py "${DEMO_FLAGS[@]}" --data_root "$DATA_ROOT" --split_root "$SPLIT_ROOT" --output_dir "$OUTPUT_DIR" \
+        --minutes "$DEMO_MINUTES" --auto_resume "$@"
     launch eval.py --eval_model "$OUTPUT_DIR/best_checkpoint.pth" --eval_set test --output_dir "$OUTPUT_DIR" \
         --num_workers 0 --save_predictions "$OUTPUT_DIR/predictions_test.jsonl" --visualize 6
     "$PYTHON" tools/plot_log.py "$OUTPUT_DIR/log.txt"

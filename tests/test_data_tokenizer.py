@@ -76,7 +76,8 @@ def generated_phrases(count=400, seed=0):
     rng = random.Random(seed)
     words = ("the man woman guy on left right leftmost 2nd third from top bottom in red blue shirt with a hat "
              "strawberries café naïve résumé Über straße 12 3rd 1990s x-ray t-shirt left-hand o'neill "
-             "\u4e2d\u6587 \u65e5\u672c \U0001F600 \u00bd \u2013 zebra's bicycle unaffable supercalifragilistic").split()
+             "\u4e2d\u6587 \u65e5\u672c \U0001F600 \u00bd \u2013 zebra's bicycle unaffable "
+             "supercalifragilistic").split()
     marks = [",", ".", "!", "?", "(", ")", "'", '"', "-", ":", ";", "/", "&", "#", "%", "$", "@", "*"]
     phrases = []
     for _ in range(count):

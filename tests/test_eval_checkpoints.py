@@ -72,8 +72,8 @@ def test_official_checkpoint_tokenizer_needs_no_hub(tmp_path, monkeypatch):
 
     monkeypatch.setattr(transformers.BertTokenizerFast, "from_pretrained", no_hub)
     path = tmp_path / "official.pth"
-    torch.save({"model": {"module.visumodel.input_proj.weight": torch.zeros(1)}, "args": argparse.Namespace(imsize=640)},
-               path)
+    torch.save({"model": {"module.visumodel.input_proj.weight": torch.zeros(1)},
+                "args": argparse.Namespace(imsize=640)}, path)
     parser = get_args_parser()
     argv = ["--eval_model", str(path)]
     args, official = resolve_config(parser.parse_args(argv), explicit_flags(parser, argv), safe_load(path))

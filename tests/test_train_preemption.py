@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from datasets import demo
-from train_helpers import TINY_TRAIN, free_port
+from train_helpers import TINY_TRAIN, free_port, make_demo
 from utils.checkpoint import safe_load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,9 +21,7 @@ EPOCHS = 3
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    demo.main(["--out", str(out), "--seed", "3", "--train", str(8 * STEPS_PER_EPOCH), "--val", "4", "--test", "4"])
-    return out
+    return make_demo(tmp_path_factory, seed=3, train=8 * STEPS_PER_EPOCH, holdout=4)
 
 
 def train_command(demo_root, output_dir, *extra):

@@ -7,9 +7,8 @@ import torch
 from torch import nn
 
 import train
-from datasets import demo
 from engine import NonFiniteLossError
-from train_helpers import TINY_TRAIN
+from train_helpers import TINY_TRAIN, make_demo
 from utils.checkpoint import safe_load
 
 STEPS_PER_EPOCH = 4
@@ -17,9 +16,7 @@ STEPS_PER_EPOCH = 4
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    demo.main(["--out", str(out), "--seed", "1", "--train", str(8 * STEPS_PER_EPOCH), "--val", "6", "--test", "6"])
-    return out
+    return make_demo(tmp_path_factory, seed=1, train=8 * STEPS_PER_EPOCH, holdout=6)
 
 
 def run(demo_root, output_dir, *extra):

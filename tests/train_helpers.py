@@ -57,3 +57,12 @@ def synthetic_batch(args, batch, seed):
     return {"img": torch.randn(batch, 3, s, s, generator=g), "img_mask": torch.zeros(batch, s, s, dtype=torch.bool),
             "text_ids": ids, "text_mask": text_mask, "target": target, "pos_region": pos_region,
             "index": torch.arange(batch)}
+
+
+def make_demo(tmp_path_factory, seed, train, holdout):
+    """A small demo dataset (datasets.demo) in a fresh temporary folder: train / holdout / holdout expressions."""
+    from datasets import demo
+    out = tmp_path_factory.mktemp("demo")
+    demo.main(["--out", str(out), "--seed", str(seed), "--train", str(train), "--val", str(holdout),
+               "--test", str(holdout)])
+    return out
