@@ -16,7 +16,8 @@ measurements after warm-up, pooled over --rounds rounds that alternate the check
 Variants: fp32, bf16 (autocast), channels_last (CNN), checkpoint (--checkpoint_activations, train2 only),
 compile (model.compile(); the first call's time is reported as compile time), plain (inference without the fast
 path). A variant a checkout does not support is reported as n/a. --allocator runs the workers under glibc's
-defaults, glibc tunables that keep freed memory, or jemalloc (LD_PRELOAD), to measure what the allocator gives.
+defaults, glibc tunables that keep freed memory (glibc_tuned) or return every freed block (glibc_release), or
+jemalloc (LD_PRELOAD), to measure what the allocator gives.
 """
 import argparse
 import json
@@ -36,6 +37,8 @@ ALLOCATORS = {
     # Every block from the heap (glibc refuses an mmap threshold above 32 MiB, so mmap is switched off instead) and
     # the heap never trimmed: freed tensors stay mapped and are not faulted in again by the next allocation.
     "glibc_tuned": {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"},
+    # The opposite: every block over 128 KiB mapped and unmapped on free, so resident memory is live memory.
+    "glibc_release": {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=131072"},
     "jemalloc": {"LD_PRELOAD": JEMALLOC,
                  "MALLOC_CONF": "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"},
 }
@@ -65,6 +68,7 @@ def worker(opts):
     sys.path.insert(0, opts.root)
     import torch
 
+    import engine
     import train
     from models import build_model
     from utils.losses import build_criterion
@@ -141,6 +145,8 @@ def worker(opts):
         criterion = build_criterion(args)
         optimizer = train.build_optimizer(model, args)
         phases = {"fwd": [], "loss": [], "bwd": [], "opt": [], "total": []}
+        # Where the checkout's engine releases the gradients (before backward in older ones) shapes its peak memory.
+        release_after_step = getattr(engine, "RELEASE_GRADIENTS_AFTER_STEP", False)
 
         def step(record):
             t0 = start_phase()
@@ -149,11 +155,14 @@ def worker(opts):
             t1 = start_phase()
             losses = criterion(out, inputs["target"], inputs["pos_region"])
             t2 = start_phase()
-            optimizer.zero_grad(set_to_none=True)
+            if not release_after_step:
+                optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
             t3 = start_phase()
             optimizer.step()
+            if release_after_step:
+                optimizer.zero_grad(set_to_none=True)
             sync()
             t4 = time.perf_counter()
             if record:

@@ -64,7 +64,11 @@ class Backbone(nn.Module):
         if not self.checkpoint_activations:
             return self.body(x)["0"]
         for name, module in self.body.items():  # the stem, then layer1 ... the returned stage
-            x = run_layer(module, x, enabled=name.startswith("layer"))
+            if name.startswith("layer"):  # block by block: a stage's recomputation never holds all its blocks
+                for block in module:
+                    x = run_layer(block, x, enabled=True)
+            else:
+                x = module(x)
         return x
 
 

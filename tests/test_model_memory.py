@@ -34,9 +34,11 @@ def test_checkpointed_activations_give_the_same_gradients(norm, monkeypatch):
     assert not calls
     checkpointed = loss_gradients(model, args, batch)
     # Per stage one visual layer, its BERT layers and the Triple Alignment; the VL encoder and decoder layers;
-    # the four ResNet stages unless their BatchNorm trains (its running statistics would be updated twice).
+    # every block of the ResNet stages unless their BatchNorm trains (its running statistics would be updated twice).
     per_stage = 2 + args.bert_layers // args.enc_layers
-    resnet = 0 if norm == "batch" else 4
+    body = model.visual.backbone.body
+    resnet = 0 if norm == "batch" else sum(len(stage) for name, stage in body.items() if name.startswith("layer"))
+    assert norm == "batch" or resnet == 8  # resnet18: 2 blocks in each of its 4 stages
     assert len(calls) == args.enc_layers * per_stage + args.vl_enc_layers + args.vl_dec_layers + resnet
     assert plain.keys() == checkpointed.keys()
     for name in plain:
