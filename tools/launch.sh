@@ -7,6 +7,17 @@ PYTHON=${PYTHON:-python}
 NPROC=${NPROC:-1}
 NNODES=${NNODES:-1}
 
+# CPU allocator (README "Performance"): glibc gives large freed tensors back to the kernel and the next step faults
+# them in again; glibc tunables that keep freed memory make full-size CPU steps ~13 % faster. Used on machines without
+# an NVIDIA GPU unless SEGVG_ALLOCATOR=system (or GLIBC_TUNABLES is already set). jemalloc is not used: with the
+# never-purge settings that make it fast, an 8-minute demo run grew to 24 GB.
+if [ "${SEGVG_ALLOCATOR:-auto}" != system ] && [ -z "${GLIBC_TUNABLES:-}" ] && ! command -v nvidia-smi >/dev/null 2>&1
+then
+    export GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184
+    echo "CPU allocator: glibc keeping freed memory (GLIBC_TUNABLES=$GLIBC_TUNABLES; SEGVG_ALLOCATOR=system to" \
+         "keep the defaults)" >&2
+fi
+
 launch() {
     local pid status
     if [ "$NPROC" -eq 1 ] && [ "$NNODES" -eq 1 ]; then

@@ -52,9 +52,11 @@ class TrainingRun:
         # A new run starts new logs; a resumed one keeps them up to where it resumes, so replayed epochs and curve
         # points are not logged twice.
         self._keep("log.txt", lambda entry: resumed and entry["epoch"] < self.args.start_epoch)
-        self._keep("val_curve.txt", lambda entry: resumed and entry["step"] <= self.resumed_step)
+        if (self.output_dir / "val_curve.txt").is_file():
+            self._keep("val_curve.txt", lambda entry: resumed and entry["step"] <= self.resumed_step)
 
     def _keep(self, name, keep):
+        """Rewrite (or create) the JSON-lines file name with the entries that keep accepts."""
         path = self.output_dir / name
         lines = path.read_text().splitlines() if path.is_file() else []
         kept = [line + "\n" for line in lines if line.strip() and keep(json.loads(line))]
