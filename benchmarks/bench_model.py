@@ -296,7 +296,7 @@ def describe(result, figure):
         return "n/a", ""
     if "error" in result:
         return "error: " + result["error"], ""
-    text = fmt_time(result["total"])
+    text = fmt_time(result["total"]) + " s"
     if figure == "train2":
         text += " = " + " / ".join(f"{statistics.median(result[k]):.2f}" for k in ("fwd", "loss", "bwd", "opt"))
     if "compile_s" in result:
@@ -364,7 +364,7 @@ def main(argv=None):
                 line = f"{allocator:<11} {figure:<6} {variant:<13}"
                 for name in checkouts:
                     text, memory = describe(pooled[name], figure)
-                    line += f" | {name}: {text} s, {memory}"
+                    line += f" | {name}: {text}, {memory}"
                 if "theirs" in pooled:
                     line += (f" | ratio time {ratio(pooled['ours'], pooled['theirs'], 'total')}, "
                              f"memory {ratio(pooled['ours'], pooled['theirs'], 'memory')}")
