@@ -56,11 +56,9 @@ def validate(dataset, data_root, split_root, splits=None, out=None, check_images
                     problems.append(f"{where}: empty phrase")
                 if box[2] <= box[0] or box[3] <= box[1]:
                     problems.append(f"{where}: degenerate box {box} (x1, y1, x2, y2 as loaded)")
-                else:
+                elif check_images:
                     uses[file_name].append((where, box))
 
-    if not check_images:
-        uses.clear()
     image_dir = Path(data_root or ".") / CATALOG[dataset]["image_dir"]
     if uses and not image_dir.is_dir():
         problems.append(f"image folder {image_dir} not found ({len(uses)} images are referenced)")

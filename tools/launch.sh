@@ -20,7 +20,7 @@ fi
 
 launch() {
     local pid status
-    if [ "$NPROC" -eq 1 ] && [ "$NNODES" -eq 1 ]; then
+    if single_process; then
         "$PYTHON" "$@" &
     else
         torchrun --nproc_per_node "$NPROC" --nnodes "$NNODES" --node_rank "${NODE_RANK:-0}" \
@@ -39,8 +39,12 @@ launch() {
     return "$status"
 }
 
+single_process() {
+    [ "$NPROC" -eq 1 ] && [ "$NNODES" -eq 1 ]
+}
+
 forward_signal() {
-    if [ "$NPROC" -eq 1 ] && [ "$NNODES" -eq 1 ]; then
+    if single_process; then
         kill -"$1" "$2" 2>/dev/null || true
     else
         pkill -"$1" -P "$2" 2>/dev/null || true

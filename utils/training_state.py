@@ -38,7 +38,7 @@ class TrainingRun:
         self.model = model
         self.optimizer = optimizer
         self.scaler = scaler
-        self.tokenizer = tokenizer
+        self.vocabulary = tokenizer_info(tokenizer, args)  # constant for the run: built once, not at every save
         self.output_dir = Path(args.output_dir)
         self.resumed_step = 0
 
@@ -75,7 +75,7 @@ class TrainingRun:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), **progress, "epoch_done": epoch_done,
                 "epoch_metrics": logger.state_dict() if logger is not None else None, "val_stats": val_stats,
-                "args": json_config(self.args), "tokenizer": tokenizer_info(self.tokenizer, self.args), "rng": rng}
+                "args": json_config(self.args), "tokenizer": self.vocabulary, "rng": rng}
 
     def save_step(self, progress, logger):
         """Mid-epoch checkpoint (every --save_every steps, and on a stop signal)."""
