@@ -11,6 +11,7 @@ interrupted run continues from its last checkpoint.
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -37,20 +38,24 @@ def run_one(variant, seed, opts):
         print(f"{folder}: done already")
         return folder
     data = ["--data_root", opts.data_root, "--split_root", str(Path(opts.data_root) / "split")]
-    train = [sys.executable, "train.py", *demo_flags(), *data, "--output_dir", str(folder), "--seed", str(seed),
-             "--minutes", str(opts.minutes), "--seg_loss", VARIANTS[variant], "--eval_every", str(opts.eval_every),
-             "--auto_resume"]
-    evaluate = [sys.executable, "eval.py", "--eval_model", str(folder / "best_checkpoint.pth"), "--eval_set", "test",
+    curve = ["--eval_every", str(opts.eval_every)] if opts.eval_every else []
+    train = ["train.py", *demo_flags(), *data, "--output_dir", str(folder), "--seed", str(seed),
+             "--minutes", str(opts.minutes), "--seg_loss", VARIANTS[variant], *curve, "--auto_resume"]
+    evaluate = ["eval.py", "--eval_model", str(folder / "best_checkpoint.pth"), "--eval_set", "test",
                 "--output_dir", str(folder), "--num_workers", "0"]
     for command in (train, evaluate):
-        print(" ".join(command[1:]), flush=True)
-        subprocess.run(command, cwd=ROOT, check=True)
+        print(" ".join(command), flush=True)
+        # Through tools/launch.sh, as train.sh runs it: the same CPU allocator settings and signal forwarding.
+        subprocess.run(["bash", "-c", 'source tools/launch.sh && launch "$@"', "launch", *command], cwd=ROOT,
+                       check=True, env={**os.environ, "PYTHON": sys.executable})
     return folder
 
 
 def read_run(folder):
     report = json.loads((folder / "eval_demo_test.json").read_text())
-    curve = [json.loads(line) for line in (folder / "val_curve.txt").read_text().splitlines() if line.strip()]
+    curve_file = folder / "val_curve.txt"  # absent when the budget ended before the first curve point
+    lines = curve_file.read_text().splitlines() if curve_file.is_file() else []
+    curve = [json.loads(line) for line in lines if line.strip()]
     log = [json.loads(line) for line in (folder / "log.txt").read_text().splitlines() if line.strip()]
     return {"test": {k: report[k] for k in ("accu", "accu@0.75", "miou", "count", "by_type") if k in report},
             "steps": log[-1]["step"] if log else 0,
@@ -103,7 +108,8 @@ def plot(results, out):
     ax.set_ylabel("validation Acc@0.5 (subset)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -113,7 +119,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--minutes", type=float, default=8.0, help="training-time budget of each run")
-    parser.add_argument("--eval_every", type=int, default=100, help="validation curve interval in steps")
+    parser.add_argument("--eval_every", type=int, default=0,
+                        help="validation curve interval in steps (default: the demo's, tools/demo_flags.txt)")
     parser.add_argument("--out", default="outputs/ablation")
     parser.add_argument("--data_root", default="data/demo", help="the demo dataset (generated when missing)")
     opts = parser.parse_args(argv)
