@@ -82,5 +82,7 @@ def test_validation_curve_every_n_steps(demo_root, tmp_path):
     curve = [json.loads(line) for line in (tmp_path / "out" / "val_curve.txt").read_text().splitlines()]
     assert [point["step"] for point in curve] == [2, 4]
     assert all(point["count"] == 4 and 0 <= point["accu"] <= 1 for point in curve)
+    # per expression type too: the first 4 validation samples' types, each sample counted once
+    assert all(sum(s["count"] for s in point["by_type"].values()) == 4 for point in curve)
     assert curve[0]["train_seconds"] < curve[1]["train_seconds"]
     assert plot_log(tmp_path / "out" / "log.txt", tmp_path / "curves.png").is_file()

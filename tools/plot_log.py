@@ -43,6 +43,11 @@ def plot_log(path, out):
         minutes = [row["train_seconds"] / 60 for row in curve]
         for key in ("accu", "miou"):
             ax.plot(minutes, [row[key] for row in curve], marker="." if len(curve) < 60 else None, label=key)
+        # Acc@0.5 per expression type (the demo labels them): which word class is learned when.
+        by_type = [row.get("by_type", {}) for row in curve]
+        for name in sorted({name for types in by_type for name in types}):
+            points = [(m, types[name]["accu"]) for m, types in zip(minutes, by_type) if name in types]
+            ax.plot(*zip(*points), linewidth=0.9, linestyle="--", label=f"accu {name}")
         ax.set_title(f"validation subset ({curve[0]['count']} samples)")
         ax.set_xlabel("training minutes")
         ax.set_ylim(0, 1)
