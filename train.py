@@ -123,6 +123,9 @@ def get_args_parser():
     parser.add_argument("--seg_loss", default="on", choices=["on", "off"],
                         help="off: the paper's baseline without segmentation supervision (no focal and dice terms, "
                              "box losses unweighted); the architecture is unchanged")
+    parser.add_argument("--mask_loss_coef", default=1.0, type=float,
+                        help="weight of the focal term (the original: 1); the box losses' mask-fit factor is unchanged")
+    parser.add_argument("--dice_loss_coef", default=1.0, type=float, help="weight of the dice term (the original: 1)")
 
     # Data
     parser.add_argument("--data_root", default="./data/images")

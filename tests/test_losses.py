@@ -107,3 +107,19 @@ def test_seg_loss_off_is_the_unweighted_box_loss():
     assert on["loss_bbox"].item() > off["loss_bbox"].item()  # the positive factor is >= 1
     off["loss"].backward()
     assert seg.grad is None
+
+
+def test_mask_and_dice_coefficients_scale_only_their_terms():
+    torch.manual_seed(1)
+    boxes = torch.rand(3, 2, 4) * 0.4 + 0.3
+    target = torch.rand(2, 4) * 0.4 + 0.3
+    seg = torch.randn(3, 5, 2, 4, 4)
+    pos_region = torch.zeros(2, 16, 16, dtype=torch.bool)
+    pos_region[:, 3:11, 5:14] = True
+    outputs = {"aux_boxes": boxes, "aux_seg_logits": seg}
+    plain = SegVGLoss()(outputs, target, pos_region)
+    weighted = SegVGLoss(weight_focal=3.0, weight_dice=0.5)(outputs, target, pos_region)
+    assert weighted["loss_focal"].item() == pytest.approx(3.0 * plain["loss_focal"].item(), rel=1e-6)
+    assert weighted["loss_dice"].item() == pytest.approx(0.5 * plain["loss_dice"].item(), rel=1e-6)
+    for key in ("loss_bbox", "loss_giou"):
+        assert weighted[key].item() == plain[key].item()

@@ -65,9 +65,12 @@ class SegVGLoss(nn.Module):
     """Focal + dice on every (decoder layer, segmentation query) mask, L1 x5 + GIoU x2 on every layer's
     box weighted by the mask fit, all summed and divided by the batch size."""
 
-    def __init__(self, detach_pos_factor=False, weight_l1=5.0, weight_giou=2.0, low_memory=True, seg_loss=True):
+    def __init__(self, detach_pos_factor=False, weight_l1=5.0, weight_giou=2.0, low_memory=True, seg_loss=True,
+                 weight_focal=1.0, weight_dice=1.0):
         super().__init__()
         self.seg_loss = seg_loss
+        self.weight_focal = weight_focal
+        self.weight_dice = weight_dice
         self.detach_pos_factor = detach_pos_factor
         self.weight_l1 = weight_l1
         self.weight_giou = weight_giou
@@ -100,8 +103,8 @@ class SegVGLoss(nn.Module):
         giou = generalized_box_iou(pred_xyxy, gt_xyxy).diagonal().view(layers, batch)
 
         losses = {
-            "loss_focal": focal.sum() / batch,
-            "loss_dice": (dice * pos_factor).sum() / batch,
+            "loss_focal": self.weight_focal * focal.sum() / batch,
+            "loss_dice": self.weight_dice * (dice * pos_factor).sum() / batch,
             "loss_bbox": self.weight_l1 * (box_weight * l1).sum() / batch,
             "loss_giou": self.weight_giou * (box_weight * (1 - giou)).sum() / batch,
         }
@@ -110,4 +113,5 @@ class SegVGLoss(nn.Module):
 
 
 def build_criterion(args):
-    return SegVGLoss(detach_pos_factor=args.detach_pos_factor, seg_loss=args.seg_loss == "on")
+    return SegVGLoss(detach_pos_factor=args.detach_pos_factor, seg_loss=args.seg_loss == "on",
+                     weight_focal=args.mask_loss_coef, weight_dice=args.dice_loss_coef)
