@@ -329,7 +329,7 @@ def train(args, stop):
     def validate_subset():
         results = evaluate(model_without_ddp, subset_loader, device, args, desc="Val subset")
         run.log_curve({"step": progress["step"], "train_seconds": progress["train_seconds"], "epoch": epoch,
-                       **summarize_results(results, subset_loader.dataset.dataset)})
+                       **summarize_results(results, loader_val.dataset)})
 
     print("Start training")
     start_time = time.time()
