@@ -42,7 +42,7 @@ def get_args_parser():
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "rmsprop", "sgd"])
     parser.add_argument("--lr_scheduler", default="step", choices=SCHEDULERS,
                         help="per-epoch step/poly/halfdecay/cosine as the original, or per-iteration cosine_iter "
-                             "over the whole run (--epochs, or --minutes when set)")
+                             "over the whole run (--epochs, or --max_steps / --minutes when set)")
     parser.add_argument("--warmup_steps", default=0, type=int, help="linear lr warmup over the first iterations")
     parser.add_argument("--cosine_hold", default=0.0, type=float,
                         help="cosine_iter: fraction of the run at the peak lr before the cosine decay starts")
@@ -50,8 +50,11 @@ def get_args_parser():
                         help="also validate every N steps on the first --eval_subset validation samples "
                              "(val_curve.txt)")
     parser.add_argument("--eval_subset", default=500, type=int, help="samples of the --eval_every validation")
+    parser.add_argument("--max_steps", default=0, type=int,
+                        help="training budget in optimizer steps: stop after this many (0: run all --epochs)")
     parser.add_argument("--minutes", default=0.0, type=float,
-                        help="training time budget: stop when it is spent (0: run all --epochs)")
+                        help="training time budget: stop when it is spent (0: run all --epochs); with --max_steps, "
+                             "whichever runs out first ends the run and sets the pace of the lr schedule")
     parser.add_argument("--lr_drop", default=60, type=int)
     parser.add_argument("--freeze_epochs", default=10, type=int,
                         help="epochs during which the visual and text backbones are frozen")
@@ -248,8 +251,8 @@ def build_tensorboard(args):
 
 
 def main(args):
-    """Train. Returns (status, stop): status "done", "budget" (--minutes spent) or "stopped" by the signal that
-    stop.signum names (after saving the checkpoint)."""
+    """Train. Returns (status, stop): status "done", "budget" (--max_steps or --minutes spent) or "stopped" by the
+    signal that stop.signum names (after saving the checkpoint)."""
     if not 0 <= args.cosine_hold < 1:
         raise ValueError(f"--cosine_hold must be in [0, 1), got {args.cosine_hold}")
     if args.keep_last < 1:
@@ -304,10 +307,11 @@ def train(args, stop):
         progress, epoch_metrics, rng_states = run.resume(args.resume)
         print(f"resumed from {args.resume} at epoch {progress['epoch']}, batch {progress['batch']}, "
               f"step {progress['step']}")
-        if progress["epoch"] >= args.epochs or 0 < args.minutes * 60 <= progress["train_seconds"]:
-            print(f"nothing left to train: {args.resume} has finished its {args.epochs} epochs or its "
-                  f"{args.minutes}-minute budget (raise --epochs / --minutes to continue, or use a new "
-                  f"--output_dir to start over)")
+        if (progress["epoch"] >= args.epochs or 0 < args.minutes * 60 <= progress["train_seconds"]
+                or 0 < args.max_steps <= progress["step"]):
+            print(f"nothing left to train: {args.resume} has finished its {args.epochs} epochs, its "
+                  f"{args.max_steps} steps or its {args.minutes}-minute budget (raise --epochs / --max_steps / "
+                  f"--minutes to continue, or use a new --output_dir to start over)")
             return "done"
     args.start_epoch = progress["epoch"]
     run.start(resumed=bool(args.resume))
@@ -365,7 +369,8 @@ def train(args, stop):
             writer.add_scalar("eval_acc", val_stats["accu"], epoch)
         progress.update(epoch=epoch + 1, batch=0)
         if status == "budget":
-            print(f"time budget of {args.minutes} minutes spent after epoch {epoch}, step {progress['step']}")
+            print(f"training budget (--max_steps {args.max_steps}, --minutes {args.minutes}) spent after epoch "
+                  f"{epoch}, step {progress['step']}")
             break
 
     if writer is not None:

@@ -1,5 +1,5 @@
 """Mixed precision and the lr schedule: autocast bf16 / fp16 (with its gradient scaler) train on CPU; warmup and
-cosine_iter give the expected learning rates."""
+cosine_iter give the expected learning rates, paced by steps, time or whichever budget runs out first."""
 import math
 
 import pytest
@@ -10,7 +10,7 @@ from models import build_model
 from train import build_optimizer
 from train_helpers import synthetic_batch, tiny_train_args
 from utils.losses import build_criterion
-from utils.lr_scheduler import lr_factor
+from utils.lr_scheduler import lr_factor, run_fraction
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
@@ -40,3 +40,12 @@ def test_warmup_and_cosine_iter():
     assert lr_factor(hold, 0, 500, 1.0) == pytest.approx(0.0)
     step = tiny_train_args("--lr_scheduler", "step", "--lr_drop", "60")
     assert lr_factor(step, 59, 10 ** 6, 0.0) == 1.0 and lr_factor(step, 60, 10 ** 6, 0.0) == pytest.approx(0.1)
+
+
+def test_run_fraction_follows_the_budget_that_runs_out_first():
+    state = {"step": 300, "train_seconds": 120.0}
+    assert run_fraction(state, 0, 1000, by_steps=False) == pytest.approx(0.3)  # epochs only
+    assert run_fraction(state, 480.0, 1000, by_steps=False) == pytest.approx(0.25)  # --minutes 8
+    assert run_fraction(state, 480.0, 1000, by_steps=True) == pytest.approx(0.3)  # --max_steps 1000 first
+    assert run_fraction(state, 200.0, 1000, by_steps=True) == pytest.approx(0.6)  # the time first
+    assert run_fraction({"step": 1200, "train_seconds": 0.0}, 0, 1000, by_steps=True) == 1.0

@@ -86,3 +86,14 @@ def test_validation_curve_every_n_steps(demo_root, tmp_path):
     assert all(sum(s["count"] for s in point["by_type"].values()) == 4 for point in curve)
     assert curve[0]["train_seconds"] < curve[1]["train_seconds"]
     assert plot_log(tmp_path / "out" / "log.txt", tmp_path / "curves.png").is_file()
+
+
+def test_max_steps_ends_the_run_mid_epoch_and_a_rerun_has_nothing_left(demo_root, tmp_path, capsys):
+    stopped = run(demo_root, tmp_path / "out", "--max_steps", str(STEPS_PER_EPOCH + 2))
+    assert stopped["step"] == STEPS_PER_EPOCH + 2 and stopped["epoch"] == 1  # cut short, then validated
+    assert f"training budget (--max_steps {STEPS_PER_EPOCH + 2}," in capsys.readouterr().out
+    log = (tmp_path / "out" / "log.txt").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == [STEPS_PER_EPOCH, STEPS_PER_EPOCH + 2]
+    again = run(demo_root, tmp_path / "out", "--max_steps", str(STEPS_PER_EPOCH + 2), "--auto_resume")
+    assert again["step"] == STEPS_PER_EPOCH + 2
+    assert "nothing left to train" in capsys.readouterr().out

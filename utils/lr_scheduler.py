@@ -1,9 +1,9 @@
 """Learning-rate schedules as pure functions of (epoch, step, progress): a resumed run needs only its counters.
 
 The original's schedulers (step, poly, halfdecay, cosine) change the lr once per epoch; cosine_iter decays it
-every iteration over the whole run, measured in steps or, with a time budget, in training time, after holding the
-peak for the first --cosine_hold fraction of it. An optional linear warmup over the first --warmup_steps iterations
-multiplies any of them.
+every iteration over the whole run (``run_fraction``: in steps, in training time, or in whichever of --max_steps and
+--minutes runs out first), after holding the peak for the first --cosine_hold fraction of it. An optional linear
+warmup over the first --warmup_steps iterations multiplies any of them.
 """
 import math
 
@@ -30,6 +30,15 @@ def lr_factor(args, epoch, step, progress):
     if args.warmup_steps > 0:
         factor *= min(1.0, (step + 1) / args.warmup_steps)
     return factor
+
+
+def run_fraction(state, budget, total_steps, by_steps):
+    """Fraction of the run done, in [0, 1]: of the time budget (seconds, 0: none), of total_steps when by_steps or
+    when there is no time budget, or of whichever runs out first when both apply."""
+    fractions = [state["train_seconds"] / budget] if budget > 0 else []
+    if by_steps or not fractions:
+        fractions.append(state["step"] / total_steps)
+    return min(1.0, max(fractions))
 
 
 def set_lr(optimizer, factor):
