@@ -1,9 +1,10 @@
 """The paper's ablation in miniature: the demo configuration trained with and without segmentation supervision.
 
-    python -m benchmarks.ablation_seg [--seeds 0 1 2] [--minutes 8] [--out outputs/ablation]
+    python -m benchmarks.ablation_seg [--seeds 0 1 2] [--minutes 8] [--max_steps N] [--out outputs/ablation]
 
 For each seed, trains the demo configuration (tools/demo_flags.txt) with --seg_loss on and --seg_loss off for the
-same time budget, validating every --eval_every steps, evaluates each best checkpoint on the demo test split, then
+same budget (the demo's --max_steps, or --minutes of training if that runs out first, as `bash train.sh` does),
+validating every --eval_every steps, evaluates each best checkpoint on the demo test split, then
 writes results.json, results.md (mean and standard deviation over seeds of Acc@0.5, Acc@0.75, mIoU and Acc@0.5 per
 expression type, per variant, and the difference) and ablation.png (validation Acc@0.5 against training time:
 each seed a thin line, the mean bold). Resumable: a run whose test evaluation exists is not repeated, and an
@@ -39,8 +40,9 @@ def run_one(variant, seed, opts):
         return folder
     data = ["--data_root", opts.data_root, "--split_root", str(Path(opts.data_root) / "split")]
     curve = ["--eval_every", str(opts.eval_every)] if opts.eval_every else []
+    steps = ["--max_steps", str(opts.max_steps)] if opts.max_steps else []
     train = ["train.py", *demo_flags(), *data, "--output_dir", str(folder), "--seed", str(seed),
-             "--minutes", str(opts.minutes), "--seg_loss", VARIANTS[variant], *curve, "--auto_resume"]
+             "--minutes", str(opts.minutes), *steps, "--seg_loss", VARIANTS[variant], *curve, "--auto_resume"]
     evaluate = ["eval.py", "--eval_model", str(folder / "best_checkpoint.pth"), "--eval_set", "test",
                 "--output_dir", str(folder), "--num_workers", "0"]
     for command in (train, evaluate):
@@ -118,7 +120,10 @@ def plot(results, out):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--minutes", type=float, default=8.0, help="training-time budget of each run")
+    parser.add_argument("--minutes", type=float, default=8.0,
+                        help="training-time cap of each run (train.sh's DEMO_MINUTES)")
+    parser.add_argument("--max_steps", type=int, default=0,
+                        help="steps of each run (default: the demo's, tools/demo_flags.txt)")
     parser.add_argument("--eval_every", type=int, default=0,
                         help="validation curve interval in steps (default: the demo's, tools/demo_flags.txt)")
     parser.add_argument("--out", default="outputs/ablation")
@@ -129,8 +134,8 @@ def main(argv=None):
                         "--seed", "0"], cwd=ROOT, check=True)
     results = {variant: [read_run(run_one(variant, seed, opts)) for seed in opts.seeds] for variant in VARIANTS}
     out = Path(opts.out)
-    (out / "results.json").write_text(json.dumps({"seeds": opts.seeds, "minutes": opts.minutes, **results},
-                                                 indent=1))
+    budget = {"seeds": opts.seeds, "minutes": opts.minutes, "max_steps": opts.max_steps}
+    (out / "results.json").write_text(json.dumps({**budget, **results}, indent=1))
     markdown = table(results, opts.seeds)
     (out / "results.md").write_text(markdown + "\n")
     plot(results, out / "ablation.png")
