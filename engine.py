@@ -8,7 +8,7 @@ from tqdm import tqdm
 import utils.misc as utils
 from utils.eval_utils import (canvas_probabilities, prediction_ious, segmentation_confidence, summarize,
                               summarize_by_group)
-from utils.lr_scheduler import lr_factor, run_fraction, set_lr
+from utils.lr_scheduler import budget_spent, lr_factor, run_fraction, set_lr
 from utils.samplers import ResumableBatchSampler
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -46,8 +46,6 @@ def train_one_epoch(model, criterion, data_loader, optimizer, scaler, device, ep
     model.train()
     criterion.train()
     logger = logger or utils.MetricLogger()
-    budget = args.minutes * 60
-    total_steps = args.max_steps if args.max_steps > 0 else max(1, args.epochs * len(data_loader))
     world = utils.get_world_size()
     first = state["batch"]
     if isinstance(getattr(data_loader, "batch_sampler", None), ResumableBatchSampler):
@@ -62,7 +60,7 @@ def train_one_epoch(model, criterion, data_loader, optimizer, scaler, device, ep
     status = "done"
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(bar, first):
-        progress = run_fraction(state, budget, total_steps, by_steps=args.max_steps > 0)
+        progress = run_fraction(args, state, len(data_loader))
         set_lr(optimizer, lr_factor(args, epoch, state["step"], progress))
         batch = to_device(batch, device)
         with autocast(device, args.amp):
@@ -105,7 +103,7 @@ def train_one_epoch(model, criterion, data_loader, optimizer, scaler, device, ep
         state["train_seconds"] = seconds
         if stopping > 0:
             status = "stopped"
-        elif 0 < budget <= seconds or 0 < args.max_steps <= state["step"]:
+        elif budget_spent(args, state):
             status = "budget"
         periodic = args.save_every > 0 and state["step"] % args.save_every == 0 and i + 1 < len(data_loader)
         if save_step is not None and (stopping > 0 or periodic):

@@ -20,7 +20,7 @@ from engine import AMP_DTYPES, NonFiniteLossError, evaluate, format_stats, summa
 from models import build_model
 from utils.checkpoint import CheckpointError, load_detr_weights
 from utils.losses import build_criterion
-from utils.lr_scheduler import SCHEDULERS
+from utils.lr_scheduler import SCHEDULERS, budget_spent
 from utils.preemption import StopSignal
 from utils.samplers import ResumableBatchSampler, ShardSampler
 from utils.training_state import LATEST, TrainingRun, fresh_progress
@@ -307,8 +307,7 @@ def train(args, stop):
         progress, epoch_metrics, rng_states = run.resume(args.resume)
         print(f"resumed from {args.resume} at epoch {progress['epoch']}, batch {progress['batch']}, "
               f"step {progress['step']}")
-        if (progress["epoch"] >= args.epochs or 0 < args.minutes * 60 <= progress["train_seconds"]
-                or 0 < args.max_steps <= progress["step"]):
+        if progress["epoch"] >= args.epochs or budget_spent(args, progress):
             print(f"nothing left to train: {args.resume} has finished its {args.epochs} epochs, its "
                   f"{args.max_steps} steps or its {args.minutes}-minute budget (raise --epochs / --max_steps / "
                   f"--minutes to continue, or use a new --output_dir to start over)")

@@ -1,5 +1,6 @@
 """Mixed precision and the lr schedule: autocast bf16 / fp16 (with its gradient scaler) train on CPU; warmup and
 cosine_iter give the expected learning rates, paced by steps, time or whichever budget runs out first."""
+import argparse
 import math
 
 import pytest
@@ -43,9 +44,12 @@ def test_warmup_and_cosine_iter():
 
 
 def test_run_fraction_follows_the_budget_that_runs_out_first():
-    state = {"step": 300, "train_seconds": 120.0}
-    assert run_fraction(state, 0, 1000, by_steps=False) == pytest.approx(0.3)  # epochs only
-    assert run_fraction(state, 480.0, 1000, by_steps=False) == pytest.approx(0.25)  # --minutes 8
-    assert run_fraction(state, 480.0, 1000, by_steps=True) == pytest.approx(0.3)  # --max_steps 1000 first
-    assert run_fraction(state, 200.0, 1000, by_steps=True) == pytest.approx(0.6)  # the time first
-    assert run_fraction({"step": 1200, "train_seconds": 0.0}, 0, 1000, by_steps=True) == 1.0
+    def fraction(minutes, max_steps, step=300, seconds=120.0):
+        args = argparse.Namespace(minutes=minutes, max_steps=max_steps, epochs=10)
+        return run_fraction(args, {"step": step, "train_seconds": seconds}, steps_per_epoch=100)
+
+    assert fraction(0, 0) == pytest.approx(0.3)  # epochs only
+    assert fraction(8, 0) == pytest.approx(0.25)  # --minutes 8
+    assert fraction(8, 1000) == pytest.approx(0.3)  # --max_steps 1000 first
+    assert fraction(200 / 60, 1000) == pytest.approx(0.6)  # the time first
+    assert fraction(0, 1000, step=1200, seconds=0.0) == 1.0

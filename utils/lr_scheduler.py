@@ -32,13 +32,20 @@ def lr_factor(args, epoch, step, progress):
     return factor
 
 
-def run_fraction(state, budget, total_steps, by_steps):
-    """Fraction of the run done, in [0, 1]: of the time budget (seconds, 0: none), of total_steps when by_steps or
-    when there is no time budget, or of whichever runs out first when both apply."""
-    fractions = [state["train_seconds"] / budget] if budget > 0 else []
-    if by_steps or not fractions:
-        fractions.append(state["step"] / total_steps)
-    return min(1.0, max(fractions))
+def run_fraction(args, state, steps_per_epoch):
+    """Fraction of the run done, in [0, 1]: of --minutes or of --max_steps, whichever is further along when both are
+    set; of --epochs when neither is."""
+    fractions = []
+    if args.minutes > 0:
+        fractions.append(state["train_seconds"] / (args.minutes * 60))
+    if args.max_steps > 0:
+        fractions.append(state["step"] / args.max_steps)
+    return min(1.0, max(fractions, default=state["step"] / max(1, args.epochs * steps_per_epoch)))
+
+
+def budget_spent(args, state):
+    """Whether the --minutes or --max_steps budget is used up (never when neither is set)."""
+    return 0 < args.minutes * 60 <= state["train_seconds"] or 0 < args.max_steps <= state["step"]
 
 
 def set_lr(optimizer, factor):
