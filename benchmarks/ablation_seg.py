@@ -1,6 +1,6 @@
 """The paper's ablation in miniature: the demo configuration trained with and without segmentation supervision.
 
-    python -m benchmarks.ablation_seg [--seeds 0 1 2] [--minutes 8] [--max_steps N] [--out outputs/ablation]
+    python -m benchmarks.ablation_seg [--seeds 0 1 2] [--minutes 9] [--max_steps N] [--out outputs/ablation]
 
 For each seed, trains the demo configuration (tools/demo_flags.txt) with --seg_loss on and --seg_loss off for the
 same budget (the demo's --max_steps, or --minutes of training if that runs out first, as `bash train.sh` does),
@@ -120,7 +120,7 @@ def plot(results, out):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--minutes", type=float, default=8.0,
+    parser.add_argument("--minutes", type=float, default=9.0,
                         help="training-time cap of each run (train.sh's DEMO_MINUTES)")
     parser.add_argument("--max_steps", type=int, default=0,
                         help="steps of each run (default: the demo's, tools/demo_flags.txt)")
