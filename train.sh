@@ -2,7 +2,7 @@
 # Train SegVG, then evaluate it.
 #
 #   bash train.sh                      the embedded demo: generates the synthetic "easy" dataset if missing, trains a
-#                                      small SegVG from scratch for 1,000 steps or DEMO_MINUTES (default 9) of
+#                                      small SegVG from scratch for 1,400 steps or DEMO_MINUTES (default 9) of
 #                                      training, whichever runs out first, on CPU or GPU, evaluates it on the demo
 #                                      test split and prints Acc@0.5 overall and per expression type.
 #   DATASET=unc DATA_ROOT=data SPLIT_ROOT=data/split DETR_MODEL=checkpoints/detr-r101-unc.pth NPROC=8 bash train.sh
