@@ -12,17 +12,15 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 import utils.misc as utils
-from datasets import build_dataset, build_tokenizer, collate_fn
+from datasets import build_loaders, build_subset_loader, build_tokenizer
 from engine import AMP_DTYPES, NonFiniteLossError, evaluate, format_stats, summarize_results, train_one_epoch
 from models import build_model
 from utils.checkpoint import CheckpointError, load_detr_weights
 from utils.losses import build_criterion
 from utils.lr_scheduler import SCHEDULERS, budget_spent
 from utils.preemption import StopSignal
-from utils.samplers import ResumableBatchSampler, ShardSampler
 from utils.training_state import LATEST, TrainingRun, fresh_progress
 
 
@@ -136,6 +134,9 @@ def get_args_parser():
     parser.add_argument("--dataset", default="unc",
                         choices=["unc", "unc+", "gref", "gref_umd", "referit", "flickr", "demo"])
     parser.add_argument("--num_workers", default=4, type=int)
+    parser.add_argument("--cache_data", action="store_true",
+                        help="keep decoded images and tokenized expressions in memory after their first use, in "
+                             "each loader process: for --num_workers 0 and data that fit in memory (demo: ~0.2 GB)")
 
     # Run
     parser.add_argument("--output_dir", default="./outputs")
@@ -207,37 +208,6 @@ def wrap_model(model, args):
     toggles = args.start_epoch < args.freeze_epochs
     return DistributedDataParallel(model, device_ids=[args.gpu] if on_gpu else None, find_unused_parameters=toggles,
                                    gradient_as_bucket_view=True, static_graph=not toggles)
-
-
-def build_loaders(args, tokenizer):
-    world, rank = utils.get_world_size(), utils.get_rank()
-    dataset_train = build_dataset("train", args, tokenizer)
-    dataset_val = build_dataset("val", args, tokenizer)
-    if len(dataset_train) < args.batch_size * world:
-        raise ValueError(f"the training split has {len(dataset_train)} samples, fewer than one global batch "
-                         f"({args.batch_size} x {world} processes)")
-    # The sampler's permutation depends only on seed and epoch, so a resumed run sees the same batches.
-    sampler_train = DistributedSampler(dataset_train, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
-    pin = torch.device(args.device).type == "cuda"
-    batches = ResumableBatchSampler(sampler_train, args.batch_size, drop_last=True)
-    # Each loader draws its workers' base seed from its own generator, not from the global stream that dropout
-    # uses: creating an iterator on a resume must not shift that stream (the augmentation is seeded per sample).
-    loader_train = DataLoader(dataset_train, batch_sampler=batches, collate_fn=collate_fn,
-                              num_workers=args.num_workers, pin_memory=pin,
-                              generator=torch.Generator().manual_seed(args.seed + rank))
-    loader_val = DataLoader(dataset_val, batch_size=args.batch_size, collate_fn=collate_fn,
-                            sampler=ShardSampler(len(dataset_val), rank, world), num_workers=args.num_workers,
-                            pin_memory=pin, generator=torch.Generator().manual_seed(args.seed + rank))
-    return loader_train, loader_val
-
-
-def build_subset_loader(loader_val, args):
-    """The first --eval_subset validation samples (their dataset indices are their positions, as evaluate needs)."""
-    dataset = loader_val.dataset
-    subset = Subset(dataset, range(min(args.eval_subset, len(dataset))))
-    world, rank = utils.get_world_size(), utils.get_rank()
-    return DataLoader(subset, batch_size=args.batch_size, collate_fn=collate_fn, num_workers=args.num_workers,
-                      sampler=ShardSampler(len(subset), rank, world))
 
 
 def build_tensorboard(args):

@@ -1,10 +1,15 @@
-"""Per-sample cost of the training data pipeline at 640 with every augmentation on.
+"""Cost of the training data pipeline.
 
     python -m benchmarks.bench_data [--samples 300]
+    python -m benchmarks.bench_data --demo [--rounds 5]
 
-Builds a small RefCOCO-layout dataset of synthetic COCO-like JPEGs in a temporary folder and times
-dataset[i] (decode + augment + normalise/pad + tokenize) in one thread, as in a DataLoader worker.
-For comparison it times the original pipeline (PIL + torchvision, SPEC §4.5) on the same samples.
+Default: builds a small RefCOCO-layout dataset of synthetic COCO-like JPEGs in a temporary folder and times
+dataset[i] (decode + augment + normalise/pad + tokenize) at 640 with every augmentation on, in one thread, as in a
+DataLoader worker. For comparison it times the original pipeline (PIL + torchvision, SPEC §4.5) on the same samples.
+
+--demo: generates a small demo dataset and times the training loader of the demo configuration (tools/demo_flags.txt:
+batches of 64 in the main process) per batch without --cache_data and, after one epoch has filled the cache, with it;
+the two alternate, --rounds epochs of 20 batches each.
 """
 import argparse
 import random
@@ -19,7 +24,9 @@ import torchvision.transforms as TV
 import torchvision.transforms.functional as F
 from PIL import Image, ImageEnhance, ImageFilter
 
-from datasets import build_dataset
+from benchmarks.ablation_seg import demo_flags
+from datasets import build_dataset, build_loaders, build_tokenizer
+from datasets import demo as demo_data
 from train import get_args_parser
 
 SIZES = [(640, 480), (480, 640), (640, 427), (500, 375), (612, 612)]
@@ -100,10 +107,46 @@ def time_per_sample(fn, n):
     return (time.perf_counter() - start) / n * 1e3
 
 
+def epoch_ms_per_batch(loader, epoch):
+    loader.batch_sampler.sampler.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch)
+    start = time.perf_counter()
+    batches = sum(1 for _ in loader)
+    return (time.perf_counter() - start) / batches * 1e3
+
+
+def demo_loader(rounds):
+    """Median ms per batch of the demo's training loader without and with --cache_data (filled)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        demo_data.main(["--out", tmp, "--train", "1280", "--val", "64", "--test", "64"])
+        flags = [flag for flag in demo_flags() if flag != "--cache_data"]
+        flags += ["--data_root", tmp, "--split_root", str(Path(tmp) / "split")]
+        loaders = {}
+        for name, extra in (("plain", []), ("cache_data", ["--cache_data"])):
+            args = get_args_parser().parse_args(flags + extra)
+            args.device = "cpu"
+            loaders[name] = build_loaders(args, build_tokenizer(args))[0]
+        epoch_ms_per_batch(loaders["cache_data"], 0)
+        times = {name: [] for name in loaders}
+        for epoch in range(1, rounds + 1):
+            for name, loader in loaders.items():
+                times[name].append(epoch_ms_per_batch(loader, epoch))
+    print(f"demo training loader (batches of {args.batch_size}, {args.imsize} px, main process, "
+          f"{torch.get_num_threads()} threads), median of {rounds} epochs of 20 batches")
+    for name, values in times.items():
+        print(f"  {name:10s}: {np.median(values):6.2f} ms/batch  ({min(values):.2f}-{max(values):.2f})")
+    print(f"  ratio cache_data / plain: {np.median(times['cache_data']) / np.median(times['plain']):.2f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", default=300, type=int)
+    parser.add_argument("--demo", action="store_true", help="time the demo's training loader instead")
+    parser.add_argument("--rounds", default=5, type=int, help="with --demo: epochs timed per variant")
     opts = parser.parse_args()
+    if opts.demo:
+        demo_loader(opts.rounds)
+        return
     torch.set_num_threads(1)  # what a DataLoader worker uses
     cv2.setNumThreads(1)
     random.seed(0)

@@ -127,7 +127,7 @@ class GroundingDataset(Dataset):
     """One split of a referring-expression dataset; samples are dicts of tensors (see collate_fn)."""
 
     def __init__(self, data_root, split_root, dataset, split, transform, tokenizer, max_query_len,
-                 float_boxes=False, augment_seed=None):
+                 float_boxes=False, augment_seed=None, cache=False):
         self.dataset = dataset
         self.split = split
         self.index_files = index_files(split_root, dataset, split)
@@ -141,6 +141,8 @@ class GroundingDataset(Dataset):
         self.float_boxes = float_boxes
         self.augment_seed = augment_seed
         self.epoch = 0
+        # file name -> decoded image, phrase -> token ids and mask; each loader process fills its own copy.
+        self.cache = {"images": {}, "texts": {}} if cache else None
 
     def set_epoch(self, epoch):
         """With augment_seed, sample idx of epoch e is augmented from the seed (augment_seed, e, idx)."""
@@ -179,13 +181,25 @@ class GroundingDataset(Dataset):
         return self._read(idx, self._parse(idx)[0])
 
     def _read(self, idx, file_name):
+        if self.cache is not None and file_name in self.cache["images"]:
+            return self.cache["images"][file_name]
         where = f"{self.dataset}/{self.split} sample {idx}"
         try:
-            return read_rgb(self.image_dir / file_name)
+            img = read_rgb(self.image_dir / file_name)
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{where}: {err}") from None
         except ValueError as err:
             raise RuntimeError(f"{where}: {err}") from err
+        if self.cache is not None:  # the transforms never write into their input image
+            self.cache["images"][file_name] = img
+        return img
+
+    def _encode(self, text):
+        if self.cache is None:
+            return encode_text(self.tokenizer, text, self.max_query_len)
+        if text not in self.cache["texts"]:
+            self.cache["texts"][text] = encode_text(self.tokenizer, text, self.max_query_len)
+        return self.cache["texts"][text]
 
     def __getitem__(self, idx):
         file_name, box, phrase, _ = self._parse(idx)
@@ -195,7 +209,7 @@ class GroundingDataset(Dataset):
             # draws it or on what was drawn before: a run resumed mid-epoch continues exactly.
             random.seed(f"{self.augment_seed}-{self.epoch}-{idx}")
         out = self.transform(sample)
-        ids, mask = encode_text(self.tokenizer, out.pop("text"), self.max_query_len)
+        ids, mask = self._encode(out.pop("text"))
         out["text_ids"] = torch.tensor(ids, dtype=torch.long)
         out["text_mask"] = torch.tensor(mask, dtype=torch.long)
         out["index"] = idx

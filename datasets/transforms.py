@@ -144,7 +144,9 @@ class ColorJitter:
                    (self.saturation, self.ranges[2])]
             random.shuffle(ops)
             for op, (low, high) in ops:
-                sample["img"] = op(sample["img"], random.uniform(low, high))
+                factor = random.uniform(low, high)
+                if factor != 1:  # each op is the identity at 1 (--color_jitter 0); the draws are kept all the same
+                    sample["img"] = op(sample["img"], factor)
         return sample
 
 

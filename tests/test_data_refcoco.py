@@ -135,6 +135,25 @@ def test_batch_format(refcoco):
     assert batch["text_ids"][0].tolist() == ids and batch["text_mask"][0].tolist() == mask
 
 
+def test_cache_data_gives_the_same_samples_and_keeps_the_images_intact(refcoco):
+    """--cache_data, three epochs: the same tensors as reading each time, and the cached images are still what is on
+    disk (no transform writes into its input; the canvas is the images' long side, so that the resize, unless the crop
+    branch runs, hands the cached image itself to the colour jitter)."""
+    flags = ("--imsize", str(WIDTH), "--aug_crop", "--aug_translate", "--aug_blur", "--color_jitter", "0.4")
+    plain = build_dataset("train", args_for(refcoco, *flags))
+    cached = build_dataset("train", args_for(refcoco, *flags, "--cache_data"))
+    for epoch in range(3):
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for idx in range(len(plain)):
+            a, b = plain[idx], cached[idx]
+            for key in a:
+                assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), (epoch, idx, key)
+    assert len(cached.cache["images"]) == len(KINDS) and plain.cache is None
+    for idx in range(len(cached)):
+        np.testing.assert_array_equal(cached.cache["images"][cached.entries[idx][0]], plain.load_image(idx))
+
+
 def test_trainval_is_train_plus_val(refcoco):
     assert len(build_dataset("trainval", args_for(refcoco))) == len(KINDS) + 2
     files = index_files("S", "referit", "trainval")

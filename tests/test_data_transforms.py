@@ -152,6 +152,22 @@ def test_brightness_and_contrast_match_pil():
         assert np.abs(diff).max() <= 2  # OpenCV rounds where PIL truncates
 
 
+def test_colour_jitter_off_is_the_identity_and_draws_as_when_on():
+    """At --color_jitter 0 each op is skipped (exact: the identity at factor 1) but the random draws are kept, so the
+    rest of the pipeline sees the same random stream as with any jitter strength."""
+    img = scene(seed=4)
+    for op in (T.ColorJitter.brightness, T.ColorJitter.contrast, T.ColorJitter.saturation):
+        np.testing.assert_array_equal(op(img, 1.0), img)
+    for seed in range(20):
+        random.seed(seed)
+        out = T.ColorJitter(0, 0, 0)(sample(img=img))
+        after_off = random.random()
+        np.testing.assert_array_equal(out["img"], img)
+        random.seed(seed)
+        T.ColorJitter(0.3, 0.3, 0.3)(sample(img=img))
+        assert random.random() == after_off
+
+
 def test_make_transforms_scales():
     pipe = T.make_transforms(args_for("--aug_scale", "--aug_crop"), train=True)
     select = pipe.transforms[0]

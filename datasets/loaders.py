@@ -1,0 +1,71 @@
+"""From index files to DataLoaders: the dataset of a split, the batch format, the training and validation loaders."""
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from utils.misc import get_rank, get_world_size
+from utils.samplers import ResumableBatchSampler, ShardSampler
+
+from .grounding import GroundingDataset
+from .tokenizer import build_tokenizer
+from .transforms import make_transforms
+
+BATCH_KEYS = ("img", "img_mask", "text_ids", "text_mask", "target", "pos_region", "index")
+
+
+def build_dataset(split, args, tokenizer=None):
+    """Split `split` of args.dataset: training augmentation for train/trainval (drawn per sample from args.seed, the
+    epoch and the index), the eval transform otherwise."""
+    train = split in ("train", "trainval")
+    return GroundingDataset(
+        data_root=args.data_root,
+        split_root=args.split_root,
+        dataset=args.dataset,
+        split=split,
+        transform=make_transforms(args, train=train),
+        tokenizer=tokenizer or build_tokenizer(args),
+        max_query_len=args.max_query_len,
+        float_boxes=args.float_boxes,
+        augment_seed=args.seed if train else None,
+        cache=args.cache_data,
+    )
+
+
+def collate_fn(batch):
+    """List of samples -> dict of stacked tensors: img [B,3,S,S] float, img_mask [B,S,S] bool,
+    text_ids/text_mask [B,L] long, target [B,4] float, pos_region [B,S,S] bool, index [B] long."""
+    out = {key: torch.stack([sample[key] for sample in batch]) for key in BATCH_KEYS if key != "index"}
+    out["index"] = torch.tensor([sample["index"] for sample in batch], dtype=torch.long)
+    return out
+
+
+def build_loaders(args, tokenizer):
+    """(training loader, validation loader): the training batches shuffled per epoch across the processes and
+    resumable mid-epoch, the validation samples sharded so that each is evaluated exactly once."""
+    world, rank = get_world_size(), get_rank()
+    dataset_train = build_dataset("train", args, tokenizer)
+    dataset_val = build_dataset("val", args, tokenizer)
+    if len(dataset_train) < args.batch_size * world:
+        raise ValueError(f"the training split has {len(dataset_train)} samples, fewer than one global batch "
+                         f"({args.batch_size} x {world} processes)")
+    # The sampler's permutation depends only on seed and epoch, so a resumed run sees the same batches.
+    sampler_train = DistributedSampler(dataset_train, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+    pin = torch.device(args.device).type == "cuda"
+    batches = ResumableBatchSampler(sampler_train, args.batch_size, drop_last=True)
+    # Each loader draws its workers' base seed from its own generator, not from the global stream that dropout
+    # uses: creating an iterator on a resume must not shift that stream (the augmentation is seeded per sample).
+    loader_train = DataLoader(dataset_train, batch_sampler=batches, collate_fn=collate_fn,
+                              num_workers=args.num_workers, pin_memory=pin,
+                              generator=torch.Generator().manual_seed(args.seed + rank))
+    loader_val = DataLoader(dataset_val, batch_size=args.batch_size, collate_fn=collate_fn,
+                            sampler=ShardSampler(len(dataset_val), rank, world), num_workers=args.num_workers,
+                            pin_memory=pin, generator=torch.Generator().manual_seed(args.seed + rank))
+    return loader_train, loader_val
+
+
+def build_subset_loader(loader_val, args):
+    """The first --eval_subset validation samples (their dataset indices are their positions, as evaluate needs)."""
+    dataset = loader_val.dataset
+    subset = Subset(dataset, range(min(args.eval_subset, len(dataset))))
+    world, rank = get_world_size(), get_rank()
+    return DataLoader(subset, batch_size=args.batch_size, collate_fn=collate_fn, num_workers=args.num_workers,
+                      sampler=ShardSampler(len(subset), rank, world))
