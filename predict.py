@@ -36,13 +36,13 @@ def load_rgb(image):
     if isinstance(image, (str, Path)):
         return read_rgb(image)
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))  # a writable copy: torch warns about read-only arrays
     array = np.asarray(image)
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4) or array.dtype != np.uint8:
         raise ValueError(f"expected a uint8 RGB array [H, W, 3], got {array.dtype} {list(array.shape)}")
-    return np.ascontiguousarray(array[..., :3])
+    return np.array(array[..., :3], order="C")
 
 
 class SegVGPredictor:
