@@ -1,26 +1,48 @@
 """Training epoch and evaluation loops (the original's engine.py)."""
 import math
 import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import torch
 from tqdm import tqdm
 
-import utils.misc as utils
+from utils.distributed import all_gather_object, get_world_size, is_main_process, reduce_mean
 from utils.eval_utils import (canvas_probabilities, prediction_ious, segmentation_confidence, summarize,
                               summarize_by_group)
 from utils.lr_scheduler import budget_spent, lr_factor, run_fraction, set_lr
+from utils.metric_logger import MetricLogger
 from utils.samplers import ResumableBatchSampler
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Gradients are released right after each optimizer step, not just before the next backward: the next forward's
-# activations then never coexist with the last step's gradients (0.75 GB less peak memory at full size).
-# benchmarks/bench_model.py reads this to time a step as the engine runs it.
-RELEASE_GRADIENTS_AFTER_STEP = True
 LOSS_TERMS = ("loss", "loss_focal", "loss_dice", "loss_bbox", "loss_giou")
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss stopped being finite; raised before the update, so nothing (in memory or on disk) is touched."""
+
+
+@dataclass
+class TrainState:
+    """What the training loop works with besides the data.
+
+    progress: {"step": global iteration, "batch": batches of this epoch done, "train_seconds": training time so
+    far, ...}, updated in place and the same on every rank. save_step(progress, logger) writes the mid-epoch
+    checkpoint (every --save_every steps and when stopping); stop is a utils.preemption.StopSignal, whose request
+    on any rank stops every rank after the same step; validate(progress, epoch) runs every --eval_every steps and
+    its time does not count as training time.
+    """
+    model: torch.nn.Module
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    args: Any
+    progress: dict
+    save_step: Optional[Callable] = None
+    stop: Any = None
+    validate: Optional[Callable] = None
+    writer: Any = None
 
 
 def to_device(batch, device):
@@ -32,36 +54,33 @@ def autocast(device, amp):
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
 
 
-def train_one_epoch(model, criterion, data_loader, optimizer, scaler, device, epoch, args, state, writer=None,
-                    logger=None, save_step=None, stop=None, validate_subset=None):
-    """One pass over data_loader from batch state["batch"] (non-zero on a mid-epoch resume).
+def train_one_epoch(state, data_loader, epoch, logger=None):
+    """One pass over data_loader from batch state.progress["batch"] (non-zero on a mid-epoch resume).
 
-    state: {"step": global iteration, "batch": batches of this epoch done, "train_seconds": training time so far},
-    updated in place and the same on every rank. logger: the epoch's running averages (restored on a resume).
-    save_step(logger): writes the step checkpoint, called every --save_every steps and when stopping.
-    stop: utils.preemption.StopSignal; a signal on any rank stops every rank after the same step.
-    validate_subset(): called every --eval_every steps; its time does not count as training time.
-    Returns (epoch averages, status): "done", "budget" (--max_steps or --minutes spent) or "stopped" (a signal).
+    logger: the epoch's running averages (restored on a resume). Returns (epoch averages, status): "done",
+    "budget" (--max_steps or --minutes spent) or "stopped" (a signal).
     """
+    model, criterion, optimizer, scaler = state.model, state.criterion, state.optimizer, state.scaler
+    args, device, progress, writer = state.args, state.device, state.progress, state.writer
     model.train()
     criterion.train()
-    logger = logger or utils.MetricLogger()
-    world = utils.get_world_size()
-    first = state["batch"]
+    logger = logger or MetricLogger()
+    world = get_world_size()
+    first = progress["batch"]
     if isinstance(getattr(data_loader, "batch_sampler", None), ResumableBatchSampler):
         data_loader.batch_sampler.start = first
     elif first:
         raise ValueError("starting an epoch mid-way needs a DataLoader with a ResumableBatchSampler")
-    bar = tqdm(data_loader, desc=f"Epoch {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True,
+    bar = tqdm(data_loader, desc=f"Epoch {epoch}", disable=not is_main_process(), dynamic_ncols=True,
                mininterval=1.0, initial=first, total=len(data_loader))
-    start_seconds, start_count = state["train_seconds"], logger.counts["loss"]
+    start_seconds, start_count = progress["train_seconds"], logger.counts["loss"]
     epoch_start = last = time.perf_counter()
     paused = 0.0  # seconds spent validating inside the epoch, not training
     status = "done"
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(bar, first):
-        progress = run_fraction(args, state, len(data_loader))
-        set_lr(optimizer, lr_factor(args, epoch, state["step"], progress))
+        fraction = run_fraction(args, progress, len(data_loader))
+        set_lr(optimizer, lr_factor(args, epoch, progress["step"], fraction))
         batch = to_device(batch, device)
         with autocast(device, args.amp):
             outputs = model(batch["img"], batch["img_mask"], batch["text_ids"], batch["text_mask"])
@@ -69,13 +88,13 @@ def train_one_epoch(model, criterion, data_loader, optimizer, scaler, device, ep
 
         # One all_reduce gives every rank the same loss, clock and stop request, so all stop at the same step.
         local_seconds = start_seconds + time.perf_counter() - epoch_start - paused
-        signalled = float(stop is not None and stop.requested)
-        *values, seconds, stopping = utils.reduce_mean([losses[k].item() for k in LOSS_TERMS]
+        signalled = float(state.stop is not None and state.stop.requested)
+        *values, seconds, stopping = reduce_mean([losses[k].item() for k in LOSS_TERMS]
                                                        + [local_seconds, signalled], device)
         reduced = dict(zip(LOSS_TERMS, values))
         if not math.isfinite(reduced["loss"]):
             raise NonFiniteLossError(
-                f"non-finite loss at step {state['step']} (epoch {epoch}, iteration {i}): "
+                f"non-finite loss at step {progress['step']} (epoch {epoch}, iteration {i}): "
                 + ", ".join(f"{k} {v:.4g}" for k, v in reduced.items())
                 + "; training stopped, the last checkpoint was kept")
 
@@ -92,39 +111,39 @@ def train_one_epoch(model, criterion, data_loader, optimizer, scaler, device, ep
         logger.update(n=batch_size, lr=lr, **reduced)
         if writer is not None:
             for k, v in reduced.items():
-                writer.add_scalar(f"Loss/{k}", v, state["step"])
-            writer.add_scalar("lr", lr, state["step"])
+                writer.add_scalar(f"Loss/{k}", v, progress["step"])
+            writer.add_scalar("lr", lr, progress["step"])
         now = time.perf_counter()
         bar.set_postfix(loss=f"{reduced['loss']:.3f}", lr=f"{lr:.2e}",
                         samples_per_s=f"{batch_size * world / (now - last):.0f}", refresh=False)
         last = now
-        state["step"] += 1
-        state["batch"] = i + 1
-        state["train_seconds"] = seconds
+        progress["step"] += 1
+        progress["batch"] = i + 1
+        progress["train_seconds"] = seconds
         if stopping > 0:
             status = "stopped"
-        elif budget_spent(args, state):
+        elif budget_spent(args, progress):
             status = "budget"
-        periodic = args.save_every > 0 and state["step"] % args.save_every == 0 and i + 1 < len(data_loader)
-        if save_step is not None and (stopping > 0 or periodic):
-            save_step(logger)
+        periodic = args.save_every > 0 and progress["step"] % args.save_every == 0 and i + 1 < len(data_loader)
+        if state.save_step is not None and (stopping > 0 or periodic):
+            state.save_step(progress, logger)
         if status != "done":
             break
-        if validate_subset is not None and args.eval_every > 0 and state["step"] % args.eval_every == 0:
+        if state.validate is not None and args.eval_every > 0 and progress["step"] % args.eval_every == 0:
             pause = time.perf_counter()
-            validate_subset()
+            state.validate(progress, epoch)
             model.train()
             paused += time.perf_counter() - pause
             last = time.perf_counter()
     bar.close()
     stats = logger.global_averages(device)
     samples = (logger.counts["loss"] - start_count) * world
-    stats["samples_per_s"] = samples / max(state["train_seconds"] - start_seconds, 1e-9)
+    stats["samples_per_s"] = samples / max(progress["train_seconds"] - start_seconds, 1e-9)
     return stats, status
 
 
 @torch.inference_mode()
-def evaluate(model, data_loader, device, args, desc="Eval"):
+def evaluate(model, data_loader, device, amp="off", desc="Eval"):
     """Box IoU of every sample of data_loader.dataset, each counted exactly once whatever the world size.
 
     Each rank predicts its shard (utils.samplers.ShardSampler); the per-sample results are gathered by dataset
@@ -132,10 +151,10 @@ def evaluate(model, data_loader, device, args, desc="Eval"):
     """
     model.eval()
     local = {}
-    for batch in tqdm(data_loader, desc=desc, disable=not utils.is_main_process(), dynamic_ncols=True,
+    for batch in tqdm(data_loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True,
                       mininterval=1.0):
         batch = to_device(batch, device)
-        with autocast(device, args.amp):
+        with autocast(device, amp):
             outputs = model(batch["img"], batch["img_mask"], batch["text_ids"], batch["text_mask"], aux=False)
         boxes = outputs["pred_boxes"].float()
         ious = prediction_ious(boxes, batch["target"])
@@ -144,7 +163,7 @@ def evaluate(model, data_loader, device, args, desc="Eval"):
             local[index] = (iou, box, conf)
 
     results = {}
-    for part in utils.all_gather_object(local):
+    for part in all_gather_object(local):
         repeated = results.keys() & part.keys()
         if repeated:
             raise RuntimeError(f"samples evaluated on more than one rank: {sorted(repeated)[:10]}")

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Train SegVG, then evaluate it.
+# Train SegVG, then evaluate the best checkpoint.
 #
-#   bash train.sh                      the embedded demo: generates the synthetic "easy" dataset if missing, trains a
-#                                      small SegVG from scratch for 1,400 steps or DEMO_MINUTES (default 9) of
-#                                      training, whichever runs out first, on CPU or GPU, evaluates it on the demo
-#                                      test split and prints Acc@0.5 overall and per expression type.
-#   DATASET=unc DATA_ROOT=data SPLIT_ROOT=data/split DETR_MODEL=checkpoints/detr-r101-unc.pth NPROC=8 bash train.sh
-#                                      the paper recipe on a real dataset (README "Training on real data").
+#   bash train.sh                      the built-in demo: generates the synthetic "easy" dataset if missing, trains a
+#                                      small SegVG from scratch (tools/demo_flags.txt) for 1,400 steps or DEMO_MINUTES
+#                                      (default 9) of training, whichever runs out first, evaluates it on the demo test
+#                                      split (Acc@0.5 overall and per expression type), writes overlays and curves.
+#   DATASET=unc DETR_MODEL=checkpoints/detr-r101-unc.pth NPROC=8 bash train.sh
+#                                      the paper's recipe on a real dataset (docs/training.md), then the evaluation
+#                                      of its best checkpoint on the dataset's test splits.
 #
-# Environment: NPROC (processes per node, default 1), NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT (multi-node
-# rendezvous), DATASET, DATA_ROOT, SPLIT_ROOT, DETR_MODEL, OUTPUT_DIR, DEMO_MINUTES, PYTHON. Extra arguments go to
-# train.py and override the flags below. Runs continue from OUTPUT_DIR/checkpoint_latest.pth when it exists
-# (--auto_resume): a preempted or requeued job just runs the same command again; delete OUTPUT_DIR to start over.
+# Environment: DATASET, DATA_ROOT (default data/images), SPLIT_ROOT (default data/split), DETR_MODEL, OUTPUT_DIR
+# (default outputs/<dataset>), DEMO_MINUTES, NPROC (processes per node, default 1), NNODES, NODE_RANK, MASTER_ADDR,
+# MASTER_PORT (multi-node rendezvous), PYTHON. Extra arguments go to train.py and override the flags below. Runs
+# continue from OUTPUT_DIR/checkpoint_latest.pth when it exists (--auto_resume): a preempted or requeued job runs the
+# same command again; delete OUTPUT_DIR to start over.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -25,19 +27,17 @@ if [ -z "${DATASET:-}" ]; then
     if [ ! -f "$SPLIT_ROOT/demo/demo_test.pth" ]; then
         "$PYTHON" -m datasets.demo --out "$DATA_ROOT" --level easy --seed 0
     fi
-    # The demo configuration (SegVG scaled down, trained from scratch) is in tools/demo_flags.txt.
-    read -r -a DEMO_FLAGS <<< "$(grep -v '^[[:space:]]*#' tools/demo_flags.txt | tr '\n' ' ')"
-    launch train.py "${DEMO_FLAGS[@]}" --data_root "$DATA_ROOT" --split_root "$SPLIT_ROOT" --output_dir "$OUTPUT_DIR" \
-        --minutes "$DEMO_MINUTES" --auto_resume "$@"
-    launch eval.py --eval_model "$OUTPUT_DIR/best_checkpoint.pth" --eval_set test --output_dir "$OUTPUT_DIR" \
+    launch train.py @tools/demo_flags.txt --data_root "$DATA_ROOT" --split_root "$SPLIT_ROOT" \
+        --output_dir "$OUTPUT_DIR" --minutes "$DEMO_MINUTES" --auto_resume "$@"
+    launch eval.py --checkpoint "$OUTPUT_DIR/best_checkpoint.pth" --eval_set test --output_dir "$OUTPUT_DIR" \
         --num_workers 0 --save_predictions "$OUTPUT_DIR/predictions_test.jsonl" --visualize 6
     "$PYTHON" tools/plot_log.py "$OUTPUT_DIR/log.txt"
     echo "bash train.sh (demo) finished in ${SECONDS} s; results in $OUTPUT_DIR"
     exit 0
 fi
 
-: "${DATA_ROOT:?DATA_ROOT must point at the image root (README: Data preparation)}"
-: "${SPLIT_ROOT:?SPLIT_ROOT must point at the folder holding <dataset>/<dataset>_<split>.pth}"
+DATA_ROOT=${DATA_ROOT:-data/images}
+SPLIT_ROOT=${SPLIT_ROOT:-data/split}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/$DATASET}
 DETR_FLAG=()
 if [ -n "${DETR_MODEL:-}" ]; then
@@ -45,9 +45,20 @@ if [ -n "${DETR_MODEL:-}" ]; then
 else
     echo "warning: DETR_MODEL is not set, the visual branch starts from random weights" >&2
 fi
-# The original recipe (SPEC §7.2): 8 GPUs x 8, AdamW, lr 1e-4 (1e-5 for the backbones), 90 epochs, lr drop at 60,
-# backbones frozen for 10 epochs, clip 0.1, scale/translate/crop augmentation, 40 tokens.
+# The original recipe (docs/original.md, "Training recipe"): 8 GPUs x 8, AdamW, lr 1e-4 (1e-5 for the backbones),
+# 90 epochs, lr drop at 60, backbones frozen for 10 epochs, clip 0.1, scale/translate/crop augmentation, 40 tokens.
 launch train.py --dataset "$DATASET" --data_root "$DATA_ROOT" --split_root "$SPLIT_ROOT" --output_dir "$OUTPUT_DIR" \
     "${DETR_FLAG[@]}" --batch_size 8 --backbone resnet101 --max_query_len 40 \
     --lr 1e-4 --lr_bert 1e-5 --lr_visu_cnn 1e-5 --lr_visu_tra 1e-5 --epochs 90 --lr_drop 60 --freeze_epochs 10 \
     --clip_max_norm 0.1 --aug_scale --aug_translate --aug_crop --num_workers 8 --auto_resume "$@"
+
+# The splits each dataset reports (gref has no test split: its val is the reported one).
+case "$DATASET" in
+    unc|unc+) EVAL_SETS=(val testA testB) ;;
+    gref) EVAL_SETS=(val) ;;
+    *) EVAL_SETS=(val test) ;;
+esac
+for split in "${EVAL_SETS[@]}"; do
+    launch eval.py --checkpoint "$OUTPUT_DIR/best_checkpoint.pth" --eval_set "$split" --output_dir "$OUTPUT_DIR" \
+        --data_root "$DATA_ROOT" --split_root "$SPLIT_ROOT"
+done

@@ -1,6 +1,6 @@
 """The paper's ablation in miniature: the demo configuration trained with and without segmentation supervision.
 
-    python -m benchmarks.ablation_seg [--seeds 0 1 2] [--minutes 9] [--max_steps N] [--out outputs/ablation]
+    python -m benchmarks.ablation_seg [--seeds 0 1 2] [--minutes 9] [--max_steps N] [--output_dir outputs/ablation]
 
 For each seed, trains the demo configuration (tools/demo_flags.txt) with --seg_loss on and --seg_loss off for the
 same budget (the demo's --max_steps, or --minutes of training if that runs out first, as `bash train.sh` does),
@@ -26,14 +26,9 @@ LABELS = {"seg": "SegVG (box -> mask supervision)", "no_seg": "without segmentat
 COLOURS = {"seg": "tab:red", "no_seg": "tab:blue"}
 
 
-def demo_flags():
-    lines = (ROOT / "tools" / "demo_flags.txt").read_text().splitlines()
-    return " ".join(line for line in lines if not line.strip().startswith("#")).split()
-
-
 def run_one(variant, seed, opts):
     """Train and evaluate one (variant, seed) unless its test evaluation exists; returns its folder."""
-    folder = Path(opts.out) / f"{variant}_seed{seed}"
+    folder = Path(opts.output_dir) / f"{variant}_seed{seed}"
     report = folder / "eval_demo_test.json"
     if report.is_file():
         print(f"{folder}: done already")
@@ -41,9 +36,9 @@ def run_one(variant, seed, opts):
     data = ["--data_root", opts.data_root, "--split_root", str(Path(opts.data_root) / "split")]
     curve = ["--eval_every", str(opts.eval_every)] if opts.eval_every else []
     steps = ["--max_steps", str(opts.max_steps)] if opts.max_steps else []
-    train = ["train.py", *demo_flags(), *data, "--output_dir", str(folder), "--seed", str(seed),
+    train = ["train.py", "@tools/demo_flags.txt", *data, "--output_dir", str(folder), "--seed", str(seed),
              "--minutes", str(opts.minutes), *steps, "--seg_loss", VARIANTS[variant], *curve, "--auto_resume"]
-    evaluate = ["eval.py", "--eval_model", str(folder / "best_checkpoint.pth"), "--eval_set", "test",
+    evaluate = ["eval.py", "--checkpoint", str(folder / "best_checkpoint.pth"), "--eval_set", "test",
                 "--output_dir", str(folder), "--num_workers", "0"]
     for command in (train, evaluate):
         print(" ".join(command), flush=True)
@@ -117,23 +112,28 @@ def plot(results, out):
     plt.close(fig)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+def get_args_parser():
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ablation_seg", description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the runs (one pair each)")
     parser.add_argument("--minutes", type=float, default=9.0,
                         help="training-time cap of each run (train.sh's DEMO_MINUTES)")
     parser.add_argument("--max_steps", type=int, default=0,
                         help="steps of each run (default: the demo's, tools/demo_flags.txt)")
     parser.add_argument("--eval_every", type=int, default=0,
                         help="validation curve interval in steps (default: the demo's, tools/demo_flags.txt)")
-    parser.add_argument("--out", default="outputs/ablation")
+    parser.add_argument("--output_dir", default="outputs/ablation",
+                        help="folder of the runs (<variant>_seed<s>) and of the results")
     parser.add_argument("--data_root", default="data/demo", help="the demo dataset (generated when missing)")
-    opts = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    opts = get_args_parser().parse_args(argv)
     if not (Path(opts.data_root) / "split" / "demo" / "demo_test.pth").is_file():
-        subprocess.run([sys.executable, "-m", "datasets.demo", "--out", opts.data_root, "--level", "easy",
+        subprocess.run([sys.executable, "-m", "datasets.demo", "--output_dir", opts.data_root, "--level", "easy",
                         "--seed", "0"], cwd=ROOT, check=True)
     results = {variant: [read_run(run_one(variant, seed, opts)) for seed in opts.seeds] for variant in VARIANTS}
-    out = Path(opts.out)
+    out = Path(opts.output_dir)
     budget = {"seeds": opts.seeds, "minutes": opts.minutes, "max_steps": opts.max_steps}
     (out / "results.json").write_text(json.dumps({**budget, **results}, indent=1))
     markdown = table(results, opts.seeds)

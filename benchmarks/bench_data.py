@@ -5,7 +5,8 @@
 
 Default: builds a small RefCOCO-layout dataset of synthetic COCO-like JPEGs in a temporary folder and times
 dataset[i] (decode + augment + normalise/pad + tokenize) at 640 with every augmentation on, in one thread, as in a
-DataLoader worker. For comparison it times the original pipeline (PIL + torchvision, SPEC §4.5) on the same samples.
+DataLoader worker. For comparison it times the original pipeline (PIL + torchvision, docs/original.md,
+"Augmentation") on the same samples.
 
 --demo: generates a small demo dataset and times the training loader of the demo configuration (tools/demo_flags.txt:
 batches of 64 in the main process) per batch without --cache_data and, after one epoch has filled the cache, with it;
@@ -24,10 +25,11 @@ import torchvision.transforms as TV
 import torchvision.transforms.functional as F
 from PIL import Image, ImageEnhance, ImageFilter
 
-from benchmarks.ablation_seg import demo_flags
 from datasets import build_dataset, build_loaders, build_tokenizer
 from datasets import demo as demo_data
-from train import get_args_parser
+from utils.options import build_training_parser
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SIZES = [(640, 480), (480, 640), (640, 427), (500, 375), (612, 612)]
 PHRASES = ["man in the red shirt", "the woman on the left", "blue car", "second bus from right", "dog"]
@@ -118,13 +120,13 @@ def epoch_ms_per_batch(loader, epoch):
 def demo_loader(rounds):
     """Median ms per batch of the demo's training loader without and with --cache_data (filled)."""
     with tempfile.TemporaryDirectory() as tmp:
-        demo_data.main(["--out", tmp, "--train", "1280", "--val", "64", "--test", "64"])
-        flags = [flag for flag in demo_flags() if flag != "--cache_data"]
-        flags += ["--data_root", tmp, "--split_root", str(Path(tmp) / "split")]
+        demo_data.main(["--output_dir", tmp, "--train", "1280", "--val", "64", "--test", "64"])
+        flags = [f"@{ROOT / 'tools' / 'demo_flags.txt'}", "--data_root", tmp, "--split_root", str(Path(tmp) / "split"),
+                 "--device", "cpu"]
         loaders = {}
-        for name, extra in (("plain", []), ("cache_data", ["--cache_data"])):
-            args = get_args_parser().parse_args(flags + extra)
-            args.device = "cpu"
+        for name, cache in (("plain", False), ("cache_data", True)):
+            args = build_training_parser().parse_args(flags)
+            args.cache_data = cache
             loaders[name] = build_loaders(args, build_tokenizer(args))[0]
         epoch_ms_per_batch(loaders["cache_data"], 0)
         times = {name: [] for name in loaders}
@@ -138,12 +140,17 @@ def demo_loader(rounds):
     print(f"  ratio cache_data / plain: {np.median(times['cache_data']) / np.median(times['plain']):.2f}")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", default=300, type=int)
+def get_args_parser():
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", default=300, type=int, help="samples timed at 640")
     parser.add_argument("--demo", action="store_true", help="time the demo's training loader instead")
     parser.add_argument("--rounds", default=5, type=int, help="with --demo: epochs timed per variant")
-    opts = parser.parse_args()
+    return parser
+
+
+def main():
+    opts = get_args_parser().parse_args()
     if opts.demo:
         demo_loader(opts.rounds)
         return
@@ -155,7 +162,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_dataset(root)
-        args = get_args_parser().parse_args([
+        args = build_training_parser().parse_args([
             "--dataset", "unc", "--data_root", str(root / "images"), "--split_root", str(root / "split"),
             "--vocab_file", str(root / "vocab.txt"), "--imsize", "640", "--max_query_len", "40",
             "--aug_scale", "--aug_crop", "--aug_translate", "--aug_blur"])

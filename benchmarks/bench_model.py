@@ -68,7 +68,6 @@ def worker(opts):
     sys.path.insert(0, opts.root)
     import torch
 
-    import engine
     import train
     from models import build_model
     from utils.losses import build_criterion
@@ -145,8 +144,6 @@ def worker(opts):
         criterion = build_criterion(args)
         optimizer = train.build_optimizer(model, args)
         phases = {"fwd": [], "loss": [], "bwd": [], "opt": [], "total": []}
-        # Where the checkout's engine releases the gradients (before backward in older ones) shapes its peak memory.
-        release_after_step = getattr(engine, "RELEASE_GRADIENTS_AFTER_STEP", False)
 
         def step(record):
             t0 = start_phase()
@@ -155,14 +152,12 @@ def worker(opts):
             t1 = start_phase()
             losses = criterion(out, inputs["target"], inputs["pos_region"])
             t2 = start_phase()
-            if not release_after_step:
-                optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
             t3 = start_phase()
             optimizer.step()
-            if release_after_step:
-                optimizer.zero_grad(set_to_none=True)
+            # As the engine does: gradients released right after the step, so the next forward never holds them.
+            optimizer.zero_grad(set_to_none=True)
             sync()
             t4 = time.perf_counter()
             if record:
@@ -315,23 +310,31 @@ def ratio(ours, theirs, key):
     return f"{ours[mem] / max(theirs[mem], 1):.2f}"
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--figures", nargs="+", default=list(FIGURES), choices=FIGURES)
-    parser.add_argument("--variants", nargs="+", default=["fp32", "bf16"], choices=VARIANTS)
+def get_args_parser():
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_model", description=__doc__.splitlines()[0])
+    parser.add_argument("--figures", nargs="+", default=list(FIGURES), choices=FIGURES,
+                        help="what to measure: inference at batch 1 / 8, a training step at batch 2, the loss alone")
+    parser.add_argument("--variants", nargs="+", default=["fp32", "bf16"], choices=VARIANTS,
+                        help="precision and speed options measured for each figure")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per process, after warm-up")
     parser.add_argument("--rounds", type=int, default=2, help="processes per figure and checkout, interleaved")
     parser.add_argument("--compare", default="", help="another checkout of this project to run the same figures on")
-    parser.add_argument("--allocator", nargs="+", default=["glibc"], choices=sorted(ALLOCATORS))
+    parser.add_argument("--allocator", nargs="+", default=["glibc"], choices=sorted(ALLOCATORS),
+                        help="CPU allocator settings of the worker processes (docs/performance.md)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of the workers (0: unchanged)")
     parser.add_argument("--small", action="store_true", help="a small model (smoke run), not the paper's")
     parser.add_argument("--json", default="", help="also write every measurement to this JSON file")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--root", default=str(ROOT), help=argparse.SUPPRESS)
-    parser.add_argument("--figure", help=argparse.SUPPRESS)
-    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help="(internal) measure one figure in this process")
+    parser.add_argument("--root", default=str(ROOT), help="(internal) checkout whose code the worker measures")
+    parser.add_argument("--figure", help="(internal) the worker's figure")
+    parser.add_argument("--variant", help="(internal) the worker's variant")
     parser.add_argument("model_args", nargs="*", help="train.py model flags after --, e.g. -- --imsize 512")
+    return parser
+
+
+def main(argv=None):
+    parser = get_args_parser()
     opts = parser.parse_args(argv)
     if opts.worker:
         print(json.dumps(worker(opts)))

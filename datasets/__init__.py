@@ -1,4 +1,4 @@
-"""Datasets, transforms and tokenizer for visual grounding (SPEC §4)."""
+"""Datasets, transforms and tokenizer for visual grounding (docs/original.md, "Data")."""
 from .loaders import build_dataset, build_loaders, build_subset_loader, collate_fn
 from .tokenizer import build_tokenizer, encode_text
 

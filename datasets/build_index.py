@@ -245,11 +245,12 @@ def build_exclude(opts):
     return []
 
 
-def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_args_parser():
+    parser = argparse.ArgumentParser(prog="python -m datasets.build_index", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     refer = commands.add_parser("refer", help="RefCOCO / RefCOCO+ / RefCOCOg from REFER's refs and instances.json")
-    refer.add_argument("--dataset", required=True, choices=sorted(REFER))
+    refer.add_argument("--dataset", required=True, choices=sorted(REFER), help="index to build")
     refer.add_argument("--refer_root", required=True, help="REFER's data/ folder (refcoco/, refcoco+/, refcocog/)")
     refer.add_argument("--phrase", default="sent", choices=["sent", "raw"],
                        help="sentence field: 'sent' (normalised; most likely what the published files hold) or "
@@ -257,15 +258,16 @@ def get_parser():
     referit = commands.add_parser("referit", help="ReferItGame from text_objseg's query and bbox JSON files")
     referit.add_argument("--referit_dir", required=True, help="folder with referit_query_*.json, referit_bbox.json")
     flickr = commands.add_parser("flickr", help="Flickr30k Entities: Annotations/, Sentences/, train/val/test.txt")
-    flickr.add_argument("--flickr_dir", required=True)
+    flickr.add_argument("--flickr_dir", required=True,
+                        help="Flickr30k Entities folder: Annotations/, Sentences/, train.txt, val.txt, test.txt")
     mdetr = commands.add_parser("mdetr", help="RefCOCO / RefCOCO+ / RefCOCOg (umd) from MDETR's finetune_*.json")
-    mdetr.add_argument("--dataset", required=True, choices=sorted(MDETR))
+    mdetr.add_argument("--dataset", required=True, choices=sorted(MDETR), help="index to build")
     mdetr.add_argument("--mdetr_dir", required=True, help="folder with finetune_<refcoco|refcoco+|refcocog>_*.json")
     for command in (refer, referit, flickr, mdetr):
         command.add_argument("--split_root", required=True, help="writes <split_root>/<dataset>/<dataset>_<split>.pth")
     exclude = commands.add_parser("exclude", help="COCO image ids of the val/test splits (to keep out of detector "
                                                   "pre-training)")
-    exclude.add_argument("--refer_root", required=True)
+    exclude.add_argument("--refer_root", required=True, help="REFER's data/ folder (refcoco/, refcoco+/, refcocog/)")
     exclude.add_argument("--out", required=True, help="text file: one image id per line")
     return parser
 
@@ -275,7 +277,7 @@ BUILDERS = {"refer": build_refer, "referit": build_referit, "flickr": build_flic
 
 
 def main(argv=None):
-    opts = get_parser().parse_args(argv)
+    opts = get_args_parser().parse_args(argv)
     try:
         problems = BUILDERS[opts.command](opts)
     except BuildError as err:

@@ -299,19 +299,25 @@ def generate_split(rng, level, count, split, out_dir, refs_per_image=2, image_si
     return entries
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="folder that receives demo/ and split/demo/")
-    parser.add_argument("--level", default="easy", choices=sorted(LEVELS))
-    parser.add_argument("--seed", default=0, type=int)
+def get_args_parser():
+    parser = argparse.ArgumentParser(prog="python -m datasets.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", "--out", dest="output_dir", required=True,
+                        help="folder that receives demo/ and split/demo/")
+    parser.add_argument("--level", default="easy", choices=sorted(LEVELS),
+                        help="easy: 3 distinct shapes per image; hard: 3-6 with repeats, relations")
+    parser.add_argument("--seed", default=0, type=int, help="seed of the generator (one stream per split)")
     for split, default in SPLITS.items():
         parser.add_argument(f"--{split}", default=default, type=int, help=f"expressions in {split}")
     parser.add_argument("--refs_per_image", default=2, type=int, help="expressions per image (distinct targets)")
     parser.add_argument("--image_size", nargs=2, type=int, metavar=("MIN", "MAX"),
                         help="image side range in pixels (default: easy 64 96, hard 96 128)")
-    args = parser.parse_args(argv)
+    return parser
 
-    out = Path(args.out)
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    out = Path(args.output_dir)
     for folder in ("demo/images", "demo/masks", "split/demo"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Referring-expression datasets in the TransVG/SegVG index format (SPEC §4.1-§4.3)."""
+"""Referring-expression datasets in the TransVG/SegVG index format (docs/original.md, "Data")."""
 import math
 import random
 from pathlib import Path
@@ -43,7 +43,7 @@ def how_to_get(dataset):
     if dataset == "demo":
         return "Generate it with `python -m datasets.demo --out DIR`, then pass --data_root DIR --split_root DIR/split."
     return ("Download the SegVG/TransVG data index files into --split_root and the images into --data_root as "
-            "README.md 'Data preparation' describes; check the result with `python -m datasets.validate`.")
+            "docs/data.md describes; check the result with `python -m datasets.validate`.")
 
 
 def index_files(split_root, dataset, split):

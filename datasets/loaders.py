@@ -2,7 +2,7 @@
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from utils.misc import get_rank, get_world_size
+from utils.distributed import get_rank, get_world_size
 from utils.samplers import ResumableBatchSampler, ShardSampler
 
 from .grounding import GroundingDataset

@@ -1,4 +1,4 @@
-"""BERT WordPiece tokenizer and the original [CLS] + tokens + [SEP] encoding (SPEC §4.4)."""
+"""BERT WordPiece tokenizer and the original [CLS] + tokens + [SEP] encoding (docs/original.md, "Text")."""
 from pathlib import Path
 
 from transformers import BertTokenizerFast

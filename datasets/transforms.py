@@ -1,4 +1,5 @@
-"""Augmentations of the original SegVG/TransVG pipeline (SPEC §4.5-§4.6) on numpy images.
+"""Augmentations of the original SegVG/TransVG pipeline on numpy images (docs/original.md, "Augmentation" and
+"Evaluation transform").
 
 A sample is a dict {"img": uint8 [H, W, 3] RGB, "box": float32 [4] xyxy in image pixels, "text": str}.
 Every transform keeps the box on the same pixels as the image; NormalizeAndPad ends the pipeline and
@@ -185,7 +186,7 @@ class NormalizeAndPad:
 
     Returns img [3,S,S] float, img_mask [S,S] bool (True = padding, only with mask_padding; the original
     marks none), target [4] normalised cx,cy,w,h on the canvas, pos_region [S,S] bool (the truncated
-    integer box filled, SPEC §3.2) and the text.
+    integer box filled, docs/original.md, "Loss") and the text.
     """
 
     def __init__(self, size, translate=False, mask_padding=False):
@@ -233,7 +234,8 @@ class NormalizeAndPad:
 
 
 def make_transforms(args, train):
-    """Training (SPEC §4.5) or evaluation (§4.6) pipeline for canvas size args.imsize.
+    """Training (docs/original.md, "Augmentation") or evaluation ("Evaluation transform") pipeline for canvas size
+    args.imsize.
 
     The original's absolute sizes (scales 640-32i, crop branch 400-600 / 384-600) are for a 640 canvas;
     they scale with imsize / 640 so that small canvases keep the same relative geometry.

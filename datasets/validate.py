@@ -84,13 +84,19 @@ def validate(dataset, data_root, split_root, splits=None, out=None, check_images
     return problems
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, choices=sorted(CATALOG))
-    parser.add_argument("--data_root", help="image root (see README 'Data preparation')")
+def get_args_parser():
+    parser = argparse.ArgumentParser(prog="python -m datasets.validate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, choices=sorted(CATALOG), help="dataset to check")
+    parser.add_argument("--data_root", help="image root (docs/data.md has the layout)")
     parser.add_argument("--split_root", required=True, help="folder holding <dataset>/<dataset>_<split>.pth")
     parser.add_argument("--split", help="check one split only (default: all)")
     parser.add_argument("--no_images", action="store_true", help="check the index files only, not the images")
+    return parser
+
+
+def main(argv=None):
+    parser = get_args_parser()
     args = parser.parse_args(argv)
     if not args.data_root and not args.no_images:
         parser.error("--data_root is required unless --no_images is given")

@@ -110,7 +110,7 @@ class SegVG(nn.Module):
         return out
 
     def parameter_groups(self):
-        """Trainable parameters in the original's four learning-rate groups (SPEC §5.1)."""
+        """Trainable parameters in the original's four learning-rate groups (docs/original.md, "Optimisation")."""
         groups = {"rest": [], "visual_cnn": [], "visual_transformer": [], "text": []}
         for name, param in self.named_parameters():
             if not param.requires_grad:

@@ -1,4 +1,5 @@
-"""Triple Alignment (SPEC §2.4): queries, text and visual tokens updated by one joint attention."""
+"""Triple Alignment (docs/original.md, "Triple Alignment"): queries, text and visual tokens updated by one joint
+attention."""
 import torch
 from torch import nn
 

@@ -4,11 +4,18 @@ import os
 import pytest
 import torch
 
-from model_helpers import model_inputs, tiny_args, tiny_batch
+from helpers import model_inputs, synthetic_batch, tiny_args
 from models import build_model
 from utils import checkpoint
-from utils.checkpoint import (CheckpointError, atomic_save, load_detr_weights, load_official_checkpoint,
-                              load_state_dict_checked, ours_to_official, safe_load)
+from utils.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    load_detr_weights,
+    load_official_checkpoint,
+    load_state_dict_checked,
+    ours_to_official,
+    safe_load,
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +28,7 @@ def models():
 
 def outputs(model):
     with torch.no_grad():
-        return model(*model_inputs(tiny_batch(tiny_args())))
+        return model(*model_inputs(synthetic_batch(tiny_args())))
 
 
 def test_state_dict_round_trip(models, tmp_path):

@@ -16,9 +16,8 @@ import eval as eval_script
 import predict
 import train
 from datasets import build_tokenizer, demo
-from model_helpers import tiny_args
+from helpers import TINY_TRAIN, tiny_args
 from models import build_model
-from train_helpers import TINY_TRAIN
 from utils.checkpoint import CheckpointError, atomic_save
 from utils.training_state import json_config, tokenizer_info
 
@@ -34,7 +33,7 @@ class RunsCode:
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
     data = root / "demo"
-    demo.main(["--out", str(data), "--seed", "4", "--train", "16", "--val", "4", "--test", "4"])
+    demo.main(["--output_dir", str(data), "--seed", "4", "--train", "16", "--val", "4", "--test", "4"])
     args = tiny_args("--dataset", "demo", "--data_root", str(data), "--split_root", str(data / "split"))
     args.bert_vocab_size = len(build_tokenizer(args))
     good = root / "good.pth"
@@ -73,7 +72,7 @@ def train_args(files, output_dir, *extra):
 def test_each_script_names_the_file_and_the_problem(files, name, tmp_path):
     path = files["root"] / name
     with pytest.raises(CheckpointError, match=CASES[name]):
-        predict.main(["--checkpoint", str(path), "--image", str(files["image"]), "--text", "the red one"])
+        predict.main(["--checkpoint", str(path), "--image", str(files["image"]), "--phrase", "the red one"])
     args = eval_script.get_args_parser().parse_args(["--eval_model", str(path), "--output_dir", str(tmp_path)])
     with pytest.raises(CheckpointError, match=CASES[name]):
         eval_script.main(args)
@@ -91,8 +90,8 @@ def test_command_line_prints_one_line_and_fails(files, script, tmp_path):
     arguments = {
         "train.py": [*TINY_TRAIN, "--dataset", "demo", "--data_root", str(data), "--split_root",
                      str(data / "split"), "--output_dir", str(tmp_path), "--resume", bad],
-        "eval.py": ["--eval_model", bad, "--output_dir", str(tmp_path)],
-        "predict.py": ["--checkpoint", bad, "--image", str(files["image"]), "--text", "the red one"],
+        "eval.py": ["--checkpoint", bad, "--output_dir", str(tmp_path)],
+        "predict.py": ["--checkpoint", bad, "--image", str(files["image"]), "--phrase", "the red one"],
     }[script]
     result = subprocess.run([sys.executable, script, *arguments], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1
@@ -116,7 +115,7 @@ def test_disk_full_keeps_the_previous_checkpoint_the_log_and_the_config(files, t
                                               r"the previous checkpoint is kept"):
         train.main(train_args(files, output_dir, "--auto_resume", "--epochs", "2"))
     assert (output_dir / "checkpoint_latest.pth").read_bytes() == before
-    assert sorted(p.name for p in output_dir.iterdir()) == ["best_checkpoint.pth", "checkpoint_latest.pth",
+    assert sorted(p.name for p in output_dir.iterdir()) == [".lock", "best_checkpoint.pth", "checkpoint_latest.pth",
                                                              "config.json", "log.txt"]
     log = [json.loads(line) for line in (output_dir / "log.txt").read_text().splitlines()]
     assert [entry["epoch"] for entry in log] == [0, 1]

@@ -8,8 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets import build_dataset, collate_fn
-from datasets import demo
+from datasets import build_dataset, collate_fn, demo
 from datasets.transforms import swap_left_right
 from datasets.validate import validate
 from train import get_args_parser
@@ -23,7 +22,7 @@ def demo_dirs(tmp_path_factory):
     dirs = {}
     for level in ("easy", "hard"):
         out = tmp_path_factory.mktemp(f"demo_{level}")
-        demo.main(["--out", str(out), "--level", level, "--seed", "3", *COUNTS])
+        demo.main(["--output_dir", str(out), "--level", level, "--seed", "3", *COUNTS])
         dirs[level] = out
     return dirs
 
@@ -74,7 +73,7 @@ def test_scene_geometry():
 
 def test_generation_is_deterministic(tmp_path, demo_dirs):
     out = tmp_path / "again"
-    demo.main(["--out", str(out), "--level", "easy", "--seed", "3", *COUNTS])
+    demo.main(["--output_dir", str(out), "--level", "easy", "--seed", "3", *COUNTS])
     first = demo_dirs["easy"]
     for split in ("train", "val", "test"):
         assert entries(out, split) == entries(first, split)
@@ -82,7 +81,7 @@ def test_generation_is_deterministic(tmp_path, demo_dirs):
         for sub in ("images", "masks"):
             assert (out / "demo" / sub / name).read_bytes() == (first / "demo" / sub / name).read_bytes()
     other = tmp_path / "other_seed"
-    demo.main(["--out", str(other), "--seed", "4", *COUNTS])
+    demo.main(["--output_dir", str(other), "--seed", "4", *COUNTS])
     assert entries(other) != entries(first)
 
 

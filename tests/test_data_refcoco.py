@@ -169,7 +169,7 @@ def test_other_tuple_formats():
 def test_errors_name_the_path_and_what_to_do(refcoco, tmp_path):
     args = args_for(refcoco)
     args.split_root = str(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match=r"index folder .*nowhere.unc not found.*Data preparation"):
+    with pytest.raises(FileNotFoundError, match=r"index folder .*nowhere.unc not found.*docs/data.md"):
         build_dataset("train", args)
     (refcoco / "split" / "unc" / "unc_testB.pth").unlink()
     with pytest.raises(FileNotFoundError, match=r"unc_testB\.pth not found"):

@@ -1,4 +1,5 @@
-"""Geometric and photometric invariants of the data transforms (SPEC §4.5-§4.6, §3.2)."""
+"""Geometric and photometric invariants of the data transforms (docs/original.md, "Augmentation", "Evaluation
+transform", "Loss")."""
 import random
 
 import numpy as np

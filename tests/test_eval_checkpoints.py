@@ -1,13 +1,18 @@
-"""eval.py rebuilds a model from a checkpoint alone: ours (config + vocabulary inside) or an official one (its
-argparse Namespace merged over the defaults, flags on the command line winning)."""
+"""models.loading rebuilds a model from a checkpoint alone: ours (config + vocabulary inside) or an official one (its
+argparse Namespace merged over the defaults, overrides such as eval.py's data flags winning)."""
 import argparse
 
 import torch
 
 from datasets.tokenizer import DEMO_VOCAB
-from eval import explicit_flags, get_args_parser, load_model, resolve_config, tokenizer_from_checkpoint
+from helpers import synthetic_batch, tiny_train_args
 from models import build_model
-from train_helpers import synthetic_batch, tiny_train_args
+from models.loading import (
+    load_from_checkpoint,
+    load_model,
+    resolve_config,
+    tokenizer_from_checkpoint,
+)
 from utils.checkpoint import ours_to_official, safe_load
 from utils.training_state import json_config, tokenizer_info
 
@@ -34,14 +39,15 @@ def test_our_checkpoint_needs_nothing_else(tmp_path):
                path)
     checkpoint = safe_load(path)
 
-    parser = get_args_parser()
-    argv = ["--eval_model", str(path), "--batch_size", "3"]
-    fresh, official = resolve_config(parser.parse_args(argv), explicit_flags(parser, argv), checkpoint)
-    assert not official and (fresh.imsize, fresh.max_query_len, fresh.batch_size) == (96, 10, 3)
+    fresh, official = resolve_config(checkpoint, {"data_root": "elsewhere"})
+    assert not official and (fresh.imsize, fresh.max_query_len, fresh.data_root) == (96, 10, "elsewhere")
     rebuilt = tokenizer_from_checkpoint(checkpoint, fresh)
     assert rebuilt.get_vocab() == tokenizer.get_vocab()
     torch.testing.assert_close(predictions(load_model(fresh, checkpoint, official), fresh), predictions(model, args),
                                rtol=0, atol=0)
+    loaded, loaded_tokenizer, loaded_args, _ = load_from_checkpoint(path)
+    assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab() and loaded_args.enc_layers == 4
+    torch.testing.assert_close(predictions(loaded, loaded_args), predictions(model, args), rtol=0, atol=0)
 
 
 def test_official_checkpoint_config_from_its_namespace(tmp_path):
@@ -53,11 +59,10 @@ def test_official_checkpoint_config_from_its_namespace(tmp_path):
                 "args": namespace, "epoch": 89}, path)
     checkpoint = safe_load(path)
 
-    parser = get_args_parser()
-    argv = ["--eval_model", str(path), "--vocab_file", str(DEMO_VOCAB), "--split_root", "here/split"]
-    fresh, official = resolve_config(parser.parse_args(argv), explicit_flags(parser, argv), checkpoint)
+    overrides = {"vocab_file": str(DEMO_VOCAB), "split_root": "here/split"}
+    fresh, official = resolve_config(checkpoint, overrides)
     assert official and fresh.imsize == 96 and fresh.enc_layers == 4
-    assert fresh.data_root == "./data/images" and fresh.split_root == "here/split"
+    assert fresh.data_root == "data/images" and fresh.split_root == "here/split"
     assert len(tokenizer_from_checkpoint(checkpoint, fresh, {"vocab_file"})) == 119
     torch.testing.assert_close(predictions(load_model(fresh, checkpoint, official), fresh), predictions(model, args),
                                rtol=0, atol=0)
@@ -74,9 +79,7 @@ def test_official_checkpoint_tokenizer_needs_no_hub(tmp_path, monkeypatch):
     path = tmp_path / "official.pth"
     torch.save({"model": {"module.visumodel.input_proj.weight": torch.zeros(1)},
                 "args": argparse.Namespace(imsize=640)}, path)
-    parser = get_args_parser()
-    argv = ["--eval_model", str(path)]
-    args, official = resolve_config(parser.parse_args(argv), explicit_flags(parser, argv), safe_load(path))
+    args, official = resolve_config(safe_load(path))
     tokenizer = tokenizer_from_checkpoint(safe_load(path), args)
     assert official
     assert len(tokenizer) == 30522 and tokenizer.convert_tokens_to_ids("left") == 2187

@@ -3,11 +3,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-import utils.misc as utils
 from datasets import collate_fn
 from engine import evaluate
+from helpers import spawn, synthetic_batch, tiny_train_args
 from models import build_model
-from train_helpers import spawn, synthetic_batch, tiny_train_args
+from utils.distributed import init_distributed_mode
 from utils.samplers import ShardSampler
 
 NUM_SAMPLES = 7  # not a multiple of 2 or 3
@@ -28,13 +28,13 @@ class SyntheticDataset(Dataset):
 
 def evaluate_sharded(rank, world_size):
     args = tiny_train_args()
-    utils.init_distributed_mode(args)
+    init_distributed_mode(args)
     torch.manual_seed(0)
     model = build_model(args)
     dataset = SyntheticDataset(args)
     loader = DataLoader(dataset, batch_size=2, sampler=ShardSampler(len(dataset), rank, world_size),
                         collate_fn=collate_fn)
-    return evaluate(model, loader, torch.device("cpu"), args)
+    return evaluate(model, loader, torch.device("cpu"))
 
 
 def eval_worker(rank, world_size, path):

@@ -7,7 +7,7 @@ from torchvision.ops import box_iou
 
 from datasets import build_tokenizer, demo
 from eval import get_args_parser, main
-from model_helpers import tiny_args
+from helpers import tiny_args
 from models import build_model
 from utils.checkpoint import atomic_save
 from utils.training_state import json_config, tokenizer_info
@@ -16,7 +16,7 @@ from utils.training_state import json_config, tokenizer_info
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    demo.main(["--out", str(root / "demo"), "--seed", "5", "--train", "4", "--val", "2", "--test", "10"])
+    demo.main(["--output_dir", str(root / "demo"), "--seed", "5", "--train", "4", "--val", "2", "--test", "10"])
     args = tiny_args("--dataset", "demo")
     args.bert_vocab_size = len(build_tokenizer(args))
     torch.manual_seed(0)
@@ -27,20 +27,20 @@ def setup(tmp_path_factory):
 
 def test_predictions_and_overlays(setup):
     root = setup
-    flags = ["--eval_model", str(root / "ckpt.pth"), "--eval_set", "test", "--device", "cpu", "--num_workers", "0",
+    flags = ["--checkpoint", str(root / "ckpt.pth"), "--eval_set", "test", "--device", "cpu", "--num_workers", "0",
              "--data_root", str(root / "demo"), "--split_root", str(root / "demo" / "split"),
              "--output_dir", str(root / "out"), "--save_predictions", str(root / "preds.jsonl"), "--visualize", "4"]
-    stats = main(get_args_parser().parse_args(flags),
-                 explicit={"device", "num_workers", "data_root", "split_root"})
+    stats = main(get_args_parser().parse_args(flags))
     records = [json.loads(line) for line in (root / "preds.jsonl").read_text().splitlines()]
     assert [r["index"] for r in records] == list(range(10)) == list(range(stats["count"]))
     assert sum(r["iou"] >= 0.5 for r in records) / 10 == pytest.approx(stats["accu"])
     for r in records:
-        assert set(r) >= {"image", "phrase", "gt_box", "pred_box", "iou", "confidence", "expr_type"}
-        assert 0 <= r["confidence"] <= 1
+        assert set(r) == {"image", "phrase", "box", "score", "gt_box", "iou", "index", "type"}
+        assert 0 <= r["score"] <= 1
         # Resizing is uniform and padding a shift: the IoU in image pixels equals the canvas IoU.
-        pixel_iou = box_iou(torch.tensor([r["pred_box"]]), torch.tensor([r["gt_box"]])).item()
+        pixel_iou = box_iou(torch.tensor([r["box"]]), torch.tensor([r["gt_box"]])).item()
         assert pixel_iou == pytest.approx(r["iou"], abs=0.02)
     overlays = sorted(p.name for p in (root / "out" / "visualize").iterdir())
-    assert len(overlays) == 4
-    assert sum(name.startswith("worst") for name in overlays) == 2
+    ranked = sorted(records, key=lambda r: r["iou"])
+    chosen = ranked[:2] + ranked[-2:]  # the two worst and the two best
+    assert overlays == [f"{k:02d}_{r['index']}_iou{r['iou']:.2f}.png" for k, r in enumerate(chosen)]

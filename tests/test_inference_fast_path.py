@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from model_helpers import model_inputs, tiny_args, tiny_batch
+from helpers import model_inputs, synthetic_batch, tiny_args
 from models import build_model
 from models.backbone import FrozenBatchNorm2d
 from models.inference import fold_batchnorm, prepare_for_inference
@@ -31,7 +31,7 @@ def test_fast_path_gives_the_model_outputs(norm, channels_last):
     model = build_model(args)
     randomize_norms(model)
     model.eval()
-    batch = tiny_batch(args)
+    batch = synthetic_batch(args)
     with torch.no_grad():
         expected = model(*model_inputs(batch))
     norms = sum(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in model.modules())

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from utils.losses import SegVGLoss, dice_loss, focal_loss, positive_factor
+from utils.losses import SegVGLoss, dice_loss, focal_loss, positive_factor, segmentation_terms_direct
 
 
 def sigmoid(z):
@@ -104,7 +104,11 @@ def test_seg_loss_off_is_the_unweighted_box_loss():
     l1 = sum(abs(b - t) for layer in boxes.tolist() for pred, gt in zip(layer, target.tolist())
              for b, t in zip(pred, gt))
     assert off["loss_bbox"].item() == pytest.approx(5 * l1 / 2, rel=1e-6)
-    assert on["loss_bbox"].item() > off["loss_bbox"].item()  # the positive factor is >= 1
+    # With the segmentation loss, each layer's box terms are weighted by its masks' mean positive factor.
+    _, _, factor = segmentation_terms_direct(seg.detach(), pos_region)
+    weight = factor.mean(1)  # [layers, B]
+    l1_each = (boxes.detach() - target).abs().sum(-1)
+    assert on["loss_bbox"].item() == pytest.approx(5 * (weight * l1_each).sum().item() / 2, rel=1e-5)
     off["loss"].backward()
     assert seg.grad is None
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import models.activation_checkpointing as activation_checkpointing
-from model_helpers import model_inputs, tiny_args, tiny_batch
+from helpers import model_inputs, synthetic_batch, tiny_args
 from models import build_model
 from utils.losses import build_criterion
 
@@ -25,7 +25,7 @@ def test_checkpointed_activations_give_the_same_gradients(norm, monkeypatch):
     plain_model = build_model(args)
     model = copy.deepcopy(plain_model)
     model.set_activation_checkpointing(True)
-    batch = tiny_batch(args)
+    batch = synthetic_batch(args)
     calls = []
     checkpoint = activation_checkpointing.checkpoint
     monkeypatch.setattr(activation_checkpointing, "checkpoint", lambda *a, **k: calls.append(1) or checkpoint(*a, **k))

@@ -10,9 +10,9 @@ from torch import nn
 import predict
 from datasets import build_tokenizer
 from datasets.transforms import canvas_to_image, eval_placement, make_transforms
-from model_helpers import tiny_args
+from helpers import tiny_args
 from models import build_model
-from predict import SegVGPredictor
+from models.predictor import SegVGPredictor
 from utils.checkpoint import atomic_save
 from utils.eval_utils import segmentation_confidence
 from utils.training_state import json_config, tokenizer_info
@@ -88,7 +88,7 @@ def test_fast_path_predicts_as_the_plain_model(checkpoint, image_file):
     plain = SegVGPredictor.from_checkpoint(checkpoint, device="cpu", fast=False)(image_file, "the red circle")
     np.testing.assert_allclose(fast["box"], plain["box"], atol=0.02)
     np.testing.assert_allclose(fast["mask"], plain["mask"], atol=1e-4)
-    assert fast["confidence"] == pytest.approx(plain["confidence"], abs=1e-4)
+    assert fast["score"] == pytest.approx(plain["score"], abs=1e-4)
 
 
 def test_api_accepts_path_pil_and_array_alike(checkpoint, image_file):
@@ -98,40 +98,61 @@ def test_api_accepts_path_pil_and_array_alike(checkpoint, image_file):
     for result in results:
         assert result["box"] == results[0]["box"]
         assert 0 <= result["box"][0] <= result["box"][2] <= 150 and 0 <= result["box"][1] <= result["box"][3] <= 90
-        assert 0 <= result["confidence"] <= 1
+        assert 0 <= result["score"] <= 1
         assert result["mask"].shape == (90, 150)
 
 
 def test_cli_agrees_with_api_and_writes_overlays(checkpoint, image_file, tmp_path, capsys):
     out = tmp_path / "vis.png"
-    results = predict.main(["--checkpoint", str(checkpoint), "--image", str(image_file), "--text", "the red circle",
+    results = predict.main(["--checkpoint", str(checkpoint), "--image", str(image_file), "--phrase", "the red circle",
                             "--text", "the leftmost shape", "--out", str(out), "--json", "--device", "cpu"])
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     api = SegVGPredictor.from_checkpoint(checkpoint, device="cpu")
-    for line, text in zip(lines, ["the red circle", "the leftmost shape"]):
-        expected = api(image_file, text)
-        np.testing.assert_allclose(line["box"], expected["box"], atol=0.01)
-        assert line["confidence"] == pytest.approx(expected["confidence"], abs=1e-4)
-    assert [r["text"] for r in results] == ["the red circle", "the leftmost shape"]
+    for record, phrase in zip(records, ["the red circle", "the leftmost shape"]):
+        expected = api(image_file, phrase)
+        assert set(record) == {"image", "phrase", "box", "score", "image_size", "overlay"}
+        assert record["image"] == str(image_file) and record["phrase"] == phrase
+        np.testing.assert_allclose(record["box"], expected["box"], atol=0.01)
+        assert record["score"] == pytest.approx(expected["score"], abs=1e-4)
+    assert [r["phrase"] for r in results] == ["the red circle", "the leftmost shape"]
     for k in range(2):
         with Image.open(tmp_path / f"vis_{k}.png") as overlay:
             assert overlay.width == 450 and overlay.height > 270  # enlarged x3 to stay readable
 
 
-def test_pairs_file_runs_as_a_batch(checkpoint, image_file, tmp_path, capsys):
+def test_pairs_in_batches_equal_one_by_one_predictions(checkpoint, tmp_path, capsys):
+    """Images of different sizes batched together (letterboxed on one canvas) predict what each does alone."""
+    rng = np.random.default_rng(1)
+    images = []
+    for k, (w, h) in enumerate([(150, 90), (60, 120), (64, 64)]):
+        images.append(tmp_path / f"image_{k}.png")
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images[-1])
+    phrases = ["the red circle", "the leftmost shape", "the blue one"]
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("\n".join(json.dumps({"image": str(image_file), "text": t}) for t in ["a", "b", "c"]))
-    predict.main(["--checkpoint", str(checkpoint), "--pairs", str(pairs), "--json", "--batch_size", "2",
-                  "--out", str(tmp_path / "overlays"), "--device", "cpu"])
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [line["text"] for line in lines] == ["a", "b", "c"]
-    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == [f"prediction_{k}.png" for k in range(3)]
+    # relative image paths (to the pairs file's folder), and the old "text" key on one line
+    pairs.write_text("\n".join(json.dumps({"image": image.name, ("text" if k == 2 else "phrase"): phrase})
+                               for k, (image, phrase) in enumerate(zip(images, phrases))))
+    predict.main(["--checkpoint", str(checkpoint), "--pairs", str(pairs), "--batch_size", "3", "--device", "cpu",
+                  "--output_dir", str(tmp_path / "out"), "--visualize", "2"])
+    records = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["phrase"] for r in records] == phrases
+    single = SegVGPredictor.from_checkpoint(checkpoint, device="cpu")
+    for record, image, phrase in zip(records, images, phrases):
+        alone = single(image, phrase)
+        np.testing.assert_allclose(record["box"], alone["box"], atol=0.02)
+        assert record["score"] == pytest.approx(alone["score"], abs=1e-4)
+    assert records[0]["box"] != records[1]["box"]  # the comparison is not between identical outputs
+    assert sorted(p.name for p in (tmp_path / "out" / "overlays").iterdir()) == ["0000.png", "0001.png"]
 
 
 def test_bad_input_gets_clear_messages(checkpoint, image_file, tmp_path):
     predictor = SegVGPredictor.from_checkpoint(checkpoint, device="cpu")
     with pytest.raises(FileNotFoundError, match="nowhere.jpg"):
         predictor(tmp_path / "nowhere.jpg", "the red circle")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"image": "a.png", "phrase": "x"}\n{"image": "b.png"}\n')
+    with pytest.raises(ValueError, match=r"pairs.jsonl:2: expected"):
+        predict.main(["--checkpoint", str(checkpoint), "--pairs", str(pairs)])
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
     with pytest.raises(ValueError, match="broken.jpg"):
@@ -140,11 +161,9 @@ def test_bad_input_gets_clear_messages(checkpoint, image_file, tmp_path):
         predictor(image_file, "  ")
     with pytest.warns(UserWarning, match="truncated"):
         predictor(image_file, "the red circle " * 10)
-    with pytest.warns(UserWarning, match="imsize 640 ignored"):
-        SegVGPredictor.from_checkpoint(checkpoint, device="cpu", imsize=640)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        SegVGPredictor.from_checkpoint(checkpoint, device="cpu", imsize=64)
+        predictor(image_file, "the red circle")
 
 
 def test_segmentation_confidence_is_the_mean_above_threshold():

@@ -3,11 +3,11 @@ batch, through the frozen-backbone epoch and the unfreeze, with a single DDP wra
 import torch
 from torch import nn
 
-import utils.misc as utils
-from engine import train_one_epoch
+from engine import TrainState, train_one_epoch
+from helpers import spawn, synthetic_batch, tiny_train_args
 from models import build_model
 from train import backbone_parameters, build_optimizer, wrap_model
-from train_helpers import spawn, synthetic_batch, tiny_train_args
+from utils.distributed import init_distributed_mode
 from utils.losses import build_criterion
 
 GLOBAL_BATCH = 4
@@ -19,7 +19,7 @@ FLAGS = ["--optimizer", "sgd", "--lr", "0.05", "--lr_bert", "0.05", "--lr_visu_c
 def train(rank, world_size, epochs=2):
     """One step per epoch on this rank's share of each epoch's global batch; returns (model, initial state)."""
     args = tiny_train_args(*FLAGS)
-    utils.init_distributed_mode(args)
+    init_distributed_mode(args)
     torch.manual_seed(0)
     model = build_model(args)
     for module in model.modules():
@@ -30,16 +30,17 @@ def train(rank, world_size, epochs=2):
     optimizer = build_optimizer(model, args)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     criterion = build_criterion(args)
-    wrapped = wrap_model(model, args)
-    state = {"step": 0, "batch": 0, "train_seconds": 0.0}
+    wrapped = wrap_model(model, args, start_epoch=0)
+    state = TrainState(wrapped, criterion, optimizer, scaler, torch.device("cpu"), args,
+                       {"step": 0, "batch": 0, "train_seconds": 0.0})
     share = GLOBAL_BATCH // world_size
     for epoch in range(epochs):
         for param in backbone:
             param.requires_grad_(epoch >= args.freeze_epochs)
         batch = synthetic_batch(args, GLOBAL_BATCH, seed=epoch)
         local = {k: v[rank * share:(rank + 1) * share] for k, v in batch.items()}
-        state["batch"] = 0  # a new epoch
-        train_one_epoch(wrapped, criterion, [local], optimizer, scaler, torch.device("cpu"), epoch, args, state)
+        state.progress["batch"] = 0  # a new epoch
+        train_one_epoch(state, [local], epoch)
     return model, initial
 
 

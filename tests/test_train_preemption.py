@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from train_helpers import TINY_TRAIN, free_port, make_demo
+from helpers import TINY_TRAIN, free_port, make_demo
 from utils.checkpoint import safe_load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,3 +112,29 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step_and_resume_continues(de
     assert f"step {stopped['step']}" in resumed.stdout
     final = safe_load(output_dir / "checkpoint_latest.pth")
     assert final["step"] == EPOCHS * STEPS_PER_EPOCH and final["epoch_done"]
+
+
+def test_a_second_run_on_a_live_output_folder_is_refused_and_a_killed_holder_blocks_nothing(demo_root, tmp_path):
+    env = environment()
+    output_dir = tmp_path / "locked"
+    command = train_command(demo_root, output_dir, "--epochs", 1000)
+    holder = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_step(holder, output_dir, 1)
+        second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+        assert second.returncode == 1
+        lines = [line for line in second.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(f"error: {output_dir} is in use by another training run (host "), lines
+        assert f"PID {holder.pid}, started " in lines[0]
+        assert holder.poll() is None  # the holder was not disturbed
+    finally:
+        holder.kill()
+        holder.wait()
+    killed_at = latest_step(output_dir)
+    # The kernel released the lock with its holder: the same command resumes at once.
+    rerun = subprocess.run(command + ["--max_steps", str(killed_at + 2)], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"resumed from {output_dir / 'checkpoint_latest.pth'}" in rerun.stdout
+    assert safe_load(output_dir / "checkpoint_latest.pth")["step"] == killed_at + 2

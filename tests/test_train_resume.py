@@ -5,10 +5,13 @@ import json
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 import train
-from engine import NonFiniteLossError
-from train_helpers import TINY_TRAIN, make_demo
+from datasets import build_dataset, collate_fn
+from engine import NonFiniteLossError, evaluate, summarize_results
+from helpers import TINY_TRAIN, make_demo
+from models.loading import load_from_checkpoint
 from utils.checkpoint import safe_load
 
 STEPS_PER_EPOCH = 4
@@ -81,7 +84,13 @@ def test_validation_curve_every_n_steps(demo_root, tmp_path):
     run(demo_root, tmp_path / "out", "--epochs", "1", "--eval_every", "2", "--eval_subset", "4", "--seg_loss", "off")
     curve = [json.loads(line) for line in (tmp_path / "out" / "val_curve.txt").read_text().splitlines()]
     assert [point["step"] for point in curve] == [2, 4]
-    assert all(point["count"] == 4 and 0 <= point["accu"] <= 1 for point in curve)
+    # The last point is the final model (step 4, the end of the epoch) on the first 4 validation samples.
+    model, tokenizer, args, _ = load_from_checkpoint(tmp_path / "out" / "checkpoint_latest.pth")
+    dataset = build_dataset("val", args, tokenizer)
+    loader = DataLoader(Subset(dataset, range(4)), batch_size=3, collate_fn=collate_fn)
+    again = summarize_results(evaluate(model, loader, "cpu"), dataset)
+    assert curve[-1]["count"] == again["count"] == 4
+    assert curve[-1]["accu"] == again["accu"] and curve[-1]["miou"] == pytest.approx(again["miou"], abs=1e-6)
     # per expression type too: the first 4 validation samples' types, each sample counted once
     assert all(sum(s["count"] for s in point["by_type"].values()) == 4 for point in curve)
     assert curve[0]["train_seconds"] < curve[1]["train_seconds"]

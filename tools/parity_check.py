@@ -17,10 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import build_model  # noqa: E402
 from models.inference import prepare_for_inference  # noqa: E402
-from parity_recipe import checksums, make_batch, official_state_dict  # noqa: E402
-from train import get_args_parser  # noqa: E402
+from tools.parity_recipe import checksums, make_batch, official_state_dict  # noqa: E402
 from utils.checkpoint import load_official_checkpoint, ours_to_official, safe_load  # noqa: E402
 from utils.losses import build_criterion  # noqa: E402
+from utils.options import build_training_parser  # noqa: E402
 
 TOL_BOX = 1e-4  # absolute: boxes and segmentation probabilities
 TOL_SEG_LOGITS = 1e-3  # absolute
@@ -118,18 +118,22 @@ def first_divergence(store, reference):
 
 
 def build_parity_model(recipe):
-    args = get_args_parser().parse_args(["--bert_init", "random", "--imsize", str(recipe["imsize"]),
-                                         "--max_query_len", str(recipe["max_query_len"])])
+    args = build_training_parser().parse_args(["--bert_init", "random", "--imsize", str(recipe["imsize"]),
+                                               "--max_query_len", str(recipe["max_query_len"])])
     return build_model(args), build_criterion(args)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def get_args_parser():
+    parser = argparse.ArgumentParser(prog="tools/parity_check.py", description=__doc__.splitlines()[0])
     parser.add_argument("--case", required=True, help="parity case file (e.g. tests/data/case_A.pt)")
     parser.add_argument("--verbose", action="store_true", help="print every intermediate's difference")
     parser.add_argument("--report_bf16", action="store_true",
                         help="also print how far the fast path under bf16 autocast is from the case (no tolerance)")
-    opts = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    opts = get_args_parser().parse_args(argv)
     with torch.no_grad():
         return run(opts.case, opts.verbose, opts.report_bf16)
 

@@ -1,4 +1,4 @@
-"""The parity cases' recipe (shared/reference/parity/README.md): deterministic official-layout weights and
+"""The parity cases' recipe (docs/parity.md): deterministic official-layout weights and
 inputs. The key layout comes from our own model through the official key map, so regenerating the
 weights also proves the map covers every tensor."""
 import math

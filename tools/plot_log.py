@@ -71,11 +71,15 @@ def plot_log(path, out):
     return out
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def get_args_parser():
+    parser = argparse.ArgumentParser(prog="tools/plot_log.py", description=__doc__.splitlines()[0])
     parser.add_argument("log", help="log.txt written by train.py")
     parser.add_argument("--out", default="", help="PNG to write (default: curves.png beside the log)")
-    opts = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    opts = get_args_parser().parse_args(argv)
     if not Path(opts.log).is_file():
         raise SystemExit(f"log file not found: {opts.log} (train.py writes <output_dir>/log.txt)")
     out = opts.out or str(Path(opts.log).with_name("curves.png"))

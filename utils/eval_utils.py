@@ -1,4 +1,5 @@
-"""Grounding metrics (SPEC §6): per-sample IoU of the predicted box, Acc@0.5, Acc@0.75 and mean IoU."""
+"""Grounding metrics (docs/original.md, "Metrics"): per-sample IoU of the predicted box, Acc@0.5, Acc@0.75 and mean
+IoU."""
 from collections import defaultdict
 
 import torch

@@ -1,4 +1,4 @@
-"""SegVG training loss (SPEC §3): box -> mask supervision re-weighting deep-supervised box losses."""
+"""SegVG training loss (docs/original.md, "Loss"): box -> mask supervision re-weighting deep-supervised box losses."""
 import torch
 import torch.nn.functional as F
 from torch import nn

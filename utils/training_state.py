@@ -4,8 +4,9 @@ import json
 import os
 from pathlib import Path
 
-import utils.misc as utils
 from utils.checkpoint import CheckpointError, atomic_save, atomic_write, load_state_dict_checked, safe_load
+from utils.distributed import all_gather_object, is_main_process
+from utils.rng import get_rng_state
 
 LATEST = "checkpoint_latest.pth"
 BEST = "best_checkpoint.pth"
@@ -42,16 +43,16 @@ class TrainingRun:
         self.output_dir = Path(args.output_dir)
         self.resumed_step = 0
 
-    def start(self, resumed):
+    def start(self, start_epoch, resumed):
         """config.json (atomically), and the logs: see _keep."""
-        if not utils.is_main_process():
+        if not is_main_process():
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.output_dir / "config.json", lambda f: f.write(json.dumps(json_config(self.args),
                                                                                     indent=1).encode()))
         # A new run starts new logs; a resumed one keeps them up to where it resumes, so replayed epochs and curve
         # points are not logged twice.
-        self._keep("log.txt", lambda entry: resumed and entry["epoch"] < self.args.start_epoch)
+        self._keep("log.txt", lambda entry: resumed and entry["epoch"] < start_epoch)
         if (self.output_dir / "val_curve.txt").is_file():
             self._keep("val_curve.txt", lambda entry: resumed and entry["step"] <= self.resumed_step)
 
@@ -64,13 +65,13 @@ class TrainingRun:
 
     def log_curve(self, entry):
         """One point of the --eval_every validation curve (val_curve.txt)."""
-        if utils.is_main_process():
+        if is_main_process():
             with (self.output_dir / "val_curve.txt").open("a") as f:
                 f.write(json.dumps(entry) + "\n")
 
     def checkpoint(self, progress, epoch_done, logger=None, val_stats=None):
-        rng = utils.all_gather_object(utils.get_rng_state())
-        if not utils.is_main_process():
+        rng = all_gather_object(get_rng_state())
+        if not is_main_process():
             return None
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), **progress, "epoch_done": epoch_done,

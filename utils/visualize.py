@@ -3,6 +3,7 @@ import math
 import textwrap
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 PRED_COLOUR = (0, 220, 0)
@@ -46,3 +47,29 @@ def draw_overlay(image, pred_box, mask=None, phrase="", confidence=None, gt_box=
     out.paste(img, (0, 0))
     out.paste(band, (0, h))
     return out
+
+
+@torch.inference_mode()
+def write_dataset_overlays(model, dataset, records, folder, args, device):
+    """Overlays of evaluation records (utils.predictions: index, box, gt_box, iou, score), masks included, named
+    <position>_<dataset index>_iou<IoU>.png; returns the paths."""
+    from datasets import collate_fn
+    from datasets.grounding import read_rgb
+    from datasets.transforms import canvas_map_to_image, eval_placement
+    from utils.eval_utils import canvas_probabilities
+
+    batch = collate_fn([dataset[r["index"]] for r in records])
+    model.eval()
+    inputs = [batch[k].to(device) for k in ("img", "img_mask", "text_ids", "text_mask")]
+    prob = canvas_probabilities(model(*inputs, aux=False)["seg_logits"].cpu(), args.imsize)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, record in enumerate(records):
+        image = read_rgb(record["image"])
+        size = (image.shape[1], image.shape[0])
+        mask = canvas_map_to_image(prob[k], eval_placement(*size, args), size).numpy()
+        path = folder / f"{k:02d}_{record['index']}_iou{record['iou']:.2f}.png"
+        draw_overlay(image, record["box"], mask, record["phrase"], record["score"], record["gt_box"],
+                     record["iou"]).save(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,70 @@
+"""A model, its configuration and its tokenizer from any checkpoint: ours (configuration and vocabulary inside) or
+an official SegVG one (its argparse Namespace, its weights renamed through the official key map)."""
+import argparse
+import tempfile
+from pathlib import Path
+
+from datasets.tokenizer import build_tokenizer
+from utils.checkpoint import is_official_state_dict, load_official_checkpoint, load_state_dict_checked, safe_load
+from utils.options import training_defaults
+
+from . import build_model
+
+# Settings of the run that trained, never taken from a checkpoint: the run that loads it has its own.
+RUN_KEYS = {"output_dir", "device", "batch_size", "num_workers", "resume", "auto_resume", "dist_url", "tensorboard",
+            "seed", "amp", "deterministic", "rank", "world_size", "gpu", "distributed", "channels_last",
+            "checkpoint_activations", "compile", "tf32"}
+# An official checkpoint's paths are its authors' machine; its data flags are not ours either.
+OFFICIAL_SKIP = RUN_KEYS | {"data_root", "split_root", "detr_model", "bert_model", "vocab_file"}
+
+
+def resolve_config(checkpoint, overrides=None):
+    """The training defaults <- the checkpoint's configuration <- overrides ({flag: value}, e.g. the --data_root of
+    a command line). Returns (args, official)."""
+    args = training_defaults()
+    state_dict = checkpoint.get("model", checkpoint)
+    official = is_official_state_dict(state_dict)
+    saved = checkpoint.get("args", {})
+    saved = vars(saved) if isinstance(saved, argparse.Namespace) else dict(saved)
+    skip = OFFICIAL_SKIP if official else RUN_KEYS
+    for key, value in saved.items():
+        if hasattr(args, key) and key not in skip:
+            setattr(args, key, value)
+    for key, value in (overrides or {}).items():
+        if not hasattr(args, key):
+            raise ValueError(f"{key!r} is not a configuration flag")
+        setattr(args, key, value)
+    # The weights come from the checkpoint: build BERT's structure only, with no download.
+    args.bert_init = "random"
+    return args, official
+
+
+def tokenizer_from_checkpoint(checkpoint, args, overrides=()):
+    """Our checkpoints carry their vocabulary (unless a vocab_file override is given); official ones use
+    --vocab_file or --bert_model's vocabulary (bert-base-uncased's ships with the project)."""
+    info = checkpoint.get("tokenizer")
+    if not info or "vocab_file" in overrides:
+        return build_tokenizer(args)
+    with tempfile.TemporaryDirectory() as folder:
+        vocab_file = Path(folder) / "vocab.txt"
+        vocab_file.write_text("\n".join(info["vocab"]) + "\n")
+        return build_tokenizer(argparse.Namespace(**{**vars(args), "vocab_file": str(vocab_file)}))
+
+
+def load_model(args, checkpoint, official, source="checkpoint"):
+    """The model of configuration args with the checkpoint's weights, loaded strictly."""
+    model = build_model(args)
+    if official:
+        load_official_checkpoint(model, checkpoint)
+    else:
+        load_state_dict_checked(model, checkpoint["model"], source)
+    return model
+
+
+def load_from_checkpoint(path, overrides=None):
+    """-> (model on the CPU, tokenizer, configuration, whether the file is an official checkpoint)."""
+    checkpoint = safe_load(path)
+    args, official = resolve_config(checkpoint, overrides)
+    tokenizer = tokenizer_from_checkpoint(checkpoint, args, overrides or {})
+    model = load_model(args, checkpoint, official, f"checkpoint {path}")
+    return model, tokenizer, args, official

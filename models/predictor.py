@@ -1,0 +1,112 @@
+"""Images and phrases in, boxes and segmentation maps out: SegVGPredictor, the library behind predict.py.
+
+    predictor = SegVGPredictor.from_checkpoint("outputs/demo/best_checkpoint.pth")
+    result = predictor("photo.jpg", "the man on the left")   # a path, a PIL image or a uint8 [H, W, 3] RGB array
+
+result: "box" [x1, y1, x2, y2] in the image's pixels, "score" (the segmentation confidence), "mask" (the
+segmentation map resized to the image, float [H, W]), "phrase" and "image_size" [W, H].
+"""
+import copy
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.ops import box_convert
+
+from datasets.grounding import read_rgb
+from datasets.tokenizer import encode_text
+from datasets.transforms import canvas_map_to_image, canvas_to_image, make_transforms
+from utils.eval_utils import canvas_probabilities, segmentation_confidence
+from utils.runtime import resolve_device
+
+from .inference import prepare_for_inference
+from .loading import load_from_checkpoint
+
+
+def load_rgb(image):
+    """A path, PIL image or array -> uint8 [H, W, 3] RGB, with an error that says what was wrong."""
+    if isinstance(image, (str, Path)):
+        return read_rgb(image)
+    if isinstance(image, Image.Image):
+        return np.array(image.convert("RGB"))  # a writable copy: torch warns about read-only arrays
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4) or array.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 RGB array [H, W, 3], got {array.dtype} {list(array.shape)}")
+    return np.array(array[..., :3], order="C")
+
+
+class SegVGPredictor:
+    """A model, its tokenizer and evaluation transform: images and phrases in, boxes and masks out."""
+
+    def __init__(self, model, tokenizer, args, device="cpu", fast=True):
+        """fast: predict with a BatchNorm-folded, channels-last copy of model (models.inference); model itself
+        is left untouched."""
+        if fast:
+            model = prepare_for_inference(copy.deepcopy(model))
+        self.model = model.eval().to(device)
+        self.tokenizer = tokenizer
+        self.args = args
+        self.device = torch.device(device)
+        self.transform = make_transforms(args, train=False)
+
+    @classmethod
+    def from_checkpoint(cls, path, device="auto", bert_model=None, vocab_file=None, fast=True):
+        """Rebuild from a checkpoint alone (ours or an official one; fast: the inference fast path of
+        models.inference). bert_model / vocab_file choose the tokenizer of an official checkpoint."""
+        overrides = {key: value for key, value in (("bert_model", bert_model), ("vocab_file", vocab_file)) if value}
+        model, tokenizer, args, _ = load_from_checkpoint(path, overrides)
+        if fast:  # the model is ours alone: fold it in place instead of a copy
+            prepare_for_inference(model)
+        return cls(model, tokenizer, args, resolve_device(device), fast=False)
+
+    def encode(self, text):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("the phrase is empty: give the text that refers to the object")
+        text = text.lower()
+        tokens = self.tokenizer.tokenize(text)
+        limit = self.args.max_query_len - 2
+        if len(tokens) > limit:
+            warnings.warn(f"phrase of {len(tokens)} tokens truncated to the model's {limit} "
+                          f"(max_query_len {self.args.max_query_len}): {text!r}", stacklevel=3)
+        return encode_text(self.tokenizer, text, self.args.max_query_len)
+
+    def prepare(self, image, text):
+        rgb = load_rgb(image)
+        h, w = rgb.shape[:2]
+        # Transforming the whole image's box tells where the image lands on the canvas (as eval_placement).
+        sample = self.transform({"img": rgb, "box": np.float32([0, 0, w, h]), "text": ""})
+        ids, mask = self.encode(text)
+        placement = box_convert(sample["target"][None] * self.args.imsize, "cxcywh", "xyxy")[0]
+        return rgb, sample, torch.tensor(ids), torch.tensor(mask), placement
+
+    @torch.inference_mode()
+    def predict(self, images, phrases):
+        """Lists of images and phrases (same length) -> one result per pair, as __call__'s."""
+        if len(images) != len(phrases):
+            raise ValueError(f"{len(images)} images but {len(phrases)} phrases")
+        prepared = [self.prepare(image, phrase) for image, phrase in zip(images, phrases)]
+        img = torch.stack([p[1]["img"] for p in prepared]).to(self.device)
+        img_mask = torch.stack([p[1]["img_mask"] for p in prepared]).to(self.device)
+        ids = torch.stack([p[2] for p in prepared]).to(self.device)
+        mask = torch.stack([p[3] for p in prepared]).to(self.device)
+        out = self.model(img, img_mask, ids, mask, aux=False)
+
+        size = self.args.imsize
+        boxes = box_convert(out["pred_boxes"].float().cpu(), "cxcywh", "xyxy").clamp(0, 1) * size
+        prob = canvas_probabilities(out["seg_logits"].cpu(), size)  # [B, S, S]
+        confidence = segmentation_confidence(prob)
+        results = []
+        for k, (rgb, _, _, _, placement) in enumerate(prepared):
+            h, w = rgb.shape[:2]
+            box = canvas_to_image(boxes[k:k + 1], placement, (w, h))[0]
+            image_mask = canvas_map_to_image(prob[k], placement, (w, h))
+            results.append({"phrase": phrases[k], "box": [round(v, 2) for v in box.tolist()],
+                            "score": confidence[k].item(), "mask": image_mask.numpy(), "image_size": [w, h]})
+        return results
+
+    def __call__(self, image, phrase):
+        return self.predict([image], [phrase])[0]

@@ -1,0 +1,218 @@
+"""The training flags (train.py's parser), flags files (`@file`) and which flags a command line set explicitly.
+
+Flag names and defaults are the original repository's, except where docs/differences.md says otherwise: the
+defaults give the paper's configuration (docs/original.md)."""
+import argparse
+import shlex
+
+from utils.lr_scheduler import SCHEDULERS
+
+AMP_CHOICES = ("off", "bf16", "fp16")
+BUILTIN_DATASETS = ("unc", "unc+", "gref", "gref_umd", "referit", "flickr", "demo")
+
+
+class FlagsFileParser(argparse.ArgumentParser):
+    """ArgumentParser reading `@file` arguments: one or more flags per line, `#` lines skipped."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("fromfile_prefix_chars", "@")
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def convert_arg_line_to_args(self, arg_line):
+        line = arg_line.strip()
+        return [] if not line or line.startswith("#") else shlex.split(line)
+
+
+def explicit_flags(parser, argv):
+    """Names (dests) of the options actually given in argv: argparse fills defaults only for absent attributes."""
+    unset = object()
+    namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != "help"})
+    parser.parse_args(argv, namespace=namespace)
+    return {k for k, v in vars(namespace).items() if v is not unset}
+
+
+def build_training_parser():
+    parser = FlagsFileParser(prog="train.py", description="Train SegVG (defaults: the paper's configuration).",
+                             epilog="Flags can also come from a file: python train.py @tools/demo_flags.txt ...")
+    _add_model_flags(parser)
+    _add_data_flags(parser)
+    _add_augmentation_flags(parser)
+    _add_loss_flags(parser)
+    _add_optimisation_flags(parser)
+    _add_checkpoint_flags(parser)
+    _add_distributed_flags(parser)
+    _add_speed_flags(parser)
+    return parser
+
+
+def training_defaults():
+    """The training configuration with every flag at its default (what a checkpoint's configuration completes)."""
+    return build_training_parser().parse_args([])
+
+
+def _add_model_flags(parser):
+    visual = parser.add_argument_group("model: visual branch")
+    visual.add_argument("--backbone", default="resnet101", choices=["resnet18", "resnet34", "resnet50", "resnet101"],
+                        help="torchvision ResNet of the visual branch")
+    visual.add_argument("--backbone_norm", default="frozen", choices=["frozen", "batch", "group"],
+                        help="ResNet normalisation: frozen statistics (pretrained) or trainable (from scratch)")
+    visual.add_argument("--backbone_stride", default=32, type=int, choices=[32, 16, 8],
+                        help="16 / 8: stop the ResNet after layer3 / layer2 (a finer grid; for small images trained "
+                             "from scratch)")
+    visual.add_argument("--train_stem", action="store_true",
+                        help="also train the ResNet stem and layer1 (frozen in the original)")
+    visual.add_argument("--position_embedding", default="sine", choices=["sine", "learned"],
+                        help="position encoding of the visual tokens")
+    visual.add_argument("--enc_layers", default=6, type=int,
+                        help="DETR encoder layers = number of Triple Alignment stages")
+    visual.add_argument("--dim_feedforward", default=2048, type=int, help="FFN width of the DETR encoder layers")
+    visual.add_argument("--hidden_dim", default=256, type=int, help="width of the DETR encoder")
+    visual.add_argument("--dropout", default=0.1, type=float, help="dropout of the DETR encoder layers")
+    visual.add_argument("--nheads", default=8, type=int, help="attention heads of the DETR encoder")
+    visual.add_argument("--pre_norm", action="store_true", help="pre-norm DETR encoder layers (the original: post)")
+    visual.add_argument("--imsize", default=640, type=int, help="side of the square input canvas in pixels")
+
+    text = parser.add_argument_group("model: text branch")
+    text.add_argument("--bert_model", default="bert-base-uncased",
+                      help="BERT to start from and tokenize with: a Hugging Face hub name or a local folder "
+                           "(config.json, weights, vocab.txt); bert-base-uncased's vocabulary ships with the project")
+    text.add_argument("--bert_init", default="pretrained", choices=["pretrained", "random"],
+                      help="random: build BERT from the --bert_* sizes below without any download")
+    text.add_argument("--bert_layers", default=12, type=int, help="layers of a random BERT")
+    text.add_argument("--bert_hidden_dim", default=768, type=int, help="width of a random BERT")
+    text.add_argument("--bert_heads", default=12, type=int, help="attention heads of a random BERT")
+    text.add_argument("--bert_ffn", default=3072, type=int, help="FFN width of a random BERT")
+    text.add_argument("--bert_vocab_size", default=30522, type=int,
+                      help="embedding rows of a random BERT (set to the tokenizer's vocabulary size at training)")
+    text.add_argument("--bert_dropout", default=0.1, type=float,
+                      help="dropout of a random BERT (a pretrained one keeps its config's)")
+    text.add_argument("--vocab_file", default="", help="WordPiece vocab.txt to tokenize with instead of --bert_model's")
+    text.add_argument("--max_query_len", default=40, type=int, help="text length in tokens, [CLS] and [SEP] included")
+
+    fusion = parser.add_argument_group("model: vision-language encoder, decoder and heads")
+    fusion.add_argument("--vl_dropout", default=0.1, type=float, help="dropout of the VL encoder and decoder")
+    fusion.add_argument("--vl_nheads", default=8, type=int, help="attention heads of the VL encoder and decoder")
+    fusion.add_argument("--vl_hidden_dim", default=256, type=int, help="width of the VL encoder and decoder")
+    fusion.add_argument("--vl_dim_feedforward", default=2048, type=int, help="FFN width of the VL encoder and decoder")
+    fusion.add_argument("--vl_enc_layers", default=6, type=int, help="layers of the VL encoder")
+    fusion.add_argument("--vl_dec_layers", default=6, type=int, help="layers of the query decoder (each predicts)")
+    fusion.add_argument("--num_seg_queries", default=5, type=int, help="segmentation query tokens")
+    fusion.add_argument("--drop_key", default=0.0, type=float,
+                        help="real DropKey rate in the custom attentions (training only; the original's is a no-op)")
+
+
+def _add_data_flags(parser):
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default="unc", choices=BUILTIN_DATASETS,
+                      help="unc (RefCOCO), unc+ (RefCOCO+), gref / gref_umd (RefCOCOg), referit, flickr, or the "
+                           "built-in synthetic demo")
+    data.add_argument("--data_root", default="data/images", help="image root (docs/data.md has the layout)")
+    data.add_argument("--split_root", default="data/split",
+                      help="folder holding <dataset>/<dataset>_<split>.pth index files")
+    data.add_argument("--num_workers", default=4, type=int, help="DataLoader worker processes per process")
+    data.add_argument("--cache_data", action="store_true",
+                      help="keep decoded images and tokenized expressions in memory after their first use, in "
+                           "each loader process: for --num_workers 0 and data that fit in memory (demo: ~0.2 GB)")
+    data.add_argument("--float_boxes", action="store_true",
+                      help="keep ground-truth boxes as floats (the original truncates them to int)")
+    data.add_argument("--mask_padding", action="store_true",
+                      help="mark canvas padding in the image mask (the original marks none)")
+
+
+def _add_augmentation_flags(parser):
+    aug = parser.add_argument_group("augmentation (training splits only)")
+    aug.add_argument("--aug_blur", action="store_true", help="random Gaussian blur")
+    aug.add_argument("--aug_crop", action="store_true",
+                     help="random crop (never when the phrase names a direction, as in the original)")
+    aug.add_argument("--aug_scale", action="store_true", help="random resize of the long side (multi-scale)")
+    aug.add_argument("--aug_translate", action="store_true", help="random placement on the canvas")
+    aug.add_argument("--color_jitter", default=0.4, type=float,
+                     help="brightness, contrast and saturation jitter strength (the original's 0.4; 0 disables)")
+    aug.add_argument("--flip_text", default="word", choices=["word", "legacy"],
+                     help="left/right swap on flip: whole words, or the original substring swap")
+
+
+def _add_loss_flags(parser):
+    loss = parser.add_argument_group("loss")
+    loss.add_argument("--detach_pos_factor", action="store_true",
+                      help="stop the box losses' gradient from flowing into the segmentation head")
+    loss.add_argument("--seg_loss", default="on", choices=["on", "off"],
+                      help="off: the paper's baseline without segmentation supervision (no focal and dice terms, box "
+                           "losses unweighted); the architecture is unchanged")
+    loss.add_argument("--mask_loss_coef", default=1.0, type=float,
+                      help="weight of the focal term (the original: 1); the box losses' mask-fit factor is unchanged")
+    loss.add_argument("--dice_loss_coef", default=1.0, type=float, help="weight of the dice term (the original: 1)")
+
+
+def _add_optimisation_flags(parser):
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--lr", default=1e-4, type=float, help="learning rate of the new modules")
+    opt.add_argument("--lr_bert", default=1e-5, type=float, help="learning rate of BERT (0 freezes it)")
+    opt.add_argument("--lr_visu_cnn", default=1e-5, type=float, help="learning rate of the ResNet (0 freezes it)")
+    opt.add_argument("--lr_visu_tra", default=1e-5, type=float,
+                     help="learning rate of the DETR encoder layers (0 freezes them)")
+    opt.add_argument("--batch_size", default=8, type=int, help="samples per process and step")
+    opt.add_argument("--weight_decay", default=1e-4, type=float, help="weight decay of every group")
+    opt.add_argument("--optimizer", default="adamw", choices=["adamw", "adam", "rmsprop", "sgd"], help="optimizer")
+    opt.add_argument("--epochs", default=90, type=int, help="epochs to train")
+    opt.add_argument("--lr_scheduler", default="step", choices=SCHEDULERS,
+                     help="per-epoch step/poly/halfdecay/cosine as the original, or per-iteration cosine_iter over "
+                          "the whole run (--epochs, or --max_steps / --minutes when set)")
+    opt.add_argument("--lr_drop", default=60, type=int, help="step schedule: epochs between x0.1 drops")
+    opt.add_argument("--lr_power", default=0.9, type=float, help="poly schedule: exponent")
+    opt.add_argument("--warmup_steps", default=0, type=int, help="linear lr warmup over the first iterations")
+    opt.add_argument("--cosine_hold", default=0.0, type=float,
+                     help="cosine_iter: fraction of the run at the peak lr before the cosine decay starts")
+    opt.add_argument("--clip_max_norm", default=0.1, type=float, help="gradient clipping norm (0 disables)")
+    opt.add_argument("--freeze_epochs", default=10, type=int,
+                     help="epochs during which the visual and text backbones are frozen")
+    opt.add_argument("--max_steps", default=0, type=int,
+                     help="training budget in optimizer steps: stop after this many (0: run all --epochs)")
+    opt.add_argument("--minutes", default=0.0, type=float,
+                     help="training time budget: stop when it is spent (0: run all --epochs); with --max_steps, "
+                          "whichever runs out first ends the run and sets the pace of the lr schedule")
+    opt.add_argument("--seed", default=42, type=int, help="seed of the data order, augmentation and initialisation")
+    opt.add_argument("--deterministic", action="store_true", help="deterministic algorithms only (slower)")
+
+
+def _add_checkpoint_flags(parser):
+    run = parser.add_argument_group("checkpoints, logs and resuming")
+    run.add_argument("--output_dir", default="",
+                     help="folder of the run's checkpoints and logs (default: outputs/<dataset>); one run at a time")
+    run.add_argument("--detr_model", default="", help="DETR checkpoint that initialises the visual branch")
+    run.add_argument("--resume", default="", help="checkpoint to continue from (also one written mid-epoch)")
+    run.add_argument("--auto_resume", action="store_true",
+                     help="resume from <output_dir>/checkpoint_latest.pth when it exists, else start fresh")
+    run.add_argument("--save_every", default=1000, type=int,
+                     help="also write checkpoint_latest.pth every N optimizer steps (0: at epoch ends only); 1000 "
+                          "steps are ~8 minutes at the paper's settings, a save ~1%% of that")
+    run.add_argument("--keep_last", default=1, type=int,
+                     help="keep the last K step checkpoints as checkpoint_step<N>.pth too (1: the latest only)")
+    run.add_argument("--eval_every", default=0, type=int,
+                     help="also validate every N steps on the first --eval_subset validation samples (val_curve.txt)")
+    run.add_argument("--eval_subset", default=500, type=int, help="samples of the --eval_every validation")
+    run.add_argument("--tensorboard", default="", help="TensorBoard log folder (needs the tensorboard package)")
+
+
+def _add_distributed_flags(parser):
+    dist = parser.add_argument_group("distributed (torchrun sets RANK, WORLD_SIZE and LOCAL_RANK)")
+    dist.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cuda, cuda:N or cpu")
+    dist.add_argument("--dist_url", default="env://", help="init_method of the process group")
+
+
+def _add_speed_flags(parser):
+    speed = parser.add_argument_group("speed and memory")
+    speed.add_argument("--amp", default="off", choices=AMP_CHOICES,
+                       help="autocast precision; fp16 also uses a gradient scaler")
+    speed.add_argument("--channels_last", action="store_true",
+                       help="channels-last memory format for the CNN (much faster on CPU)")
+    speed.add_argument("--compile", action="store_true",
+                       help="torch.compile the model (needs a C++ compiler on CPU, Triton on GPU; falls back to the "
+                            "uncompiled model with a warning); the first steps pay the compile time")
+    speed.add_argument("--tf32", action="store_true",
+                       help="TF32 matrix products on Ampere+ GPUs (convolutions use TF32 there by default, as in the "
+                            "original); faster, ~1e-3 relative precision")
+    speed.add_argument("--checkpoint_activations", action="store_true",
+                       help="recompute each ResNet stage and transformer layer in backward instead of keeping its "
+                            "activations: less memory, ~30%% more compute, the same gradients")
