@@ -175,14 +175,15 @@ def evaluate(model, data_loader, device, amp="off", desc="Eval"):
 
 
 def summarize_results(results, dataset):
-    """Acc@0.5, Acc@0.75, mIoU and count, plus "by_type" when the dataset labels its expressions (the demo)."""
+    """Acc@0.5, Acc@0.75, mIoU and count, plus "by_type" when the dataset labels its expressions (the demo; "type"
+    in JSONL datasets, where unlabelled ones count as "untyped")."""
     indices = sorted(results)
     ious = [results[i][0] for i in indices]
     stats = summarize(ious)
     if hasattr(dataset, "sample_info"):
         types = [dataset.sample_info(i).get("expr_type") for i in indices]
-        if all(t is not None for t in types):
-            stats["by_type"] = summarize_by_group(ious, types)
+        if any(t is not None for t in types):
+            stats["by_type"] = summarize_by_group(ious, ["untyped" if t is None else t for t in types])
     return stats
 
 

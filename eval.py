@@ -17,13 +17,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from datasets import build_dataset, collate_fn
+from datasets.records import write_jsonl
 from engine import evaluate, format_stats, summarize_results
 from models.inference import prepare_for_inference
 from models.loading import load_from_checkpoint
 from utils.checkpoint import CheckpointError
 from utils.distributed import destroy_process_group, get_rank, get_world_size, init_distributed_mode, is_main_process
-from utils.options import AMP_CHOICES, BUILTIN_DATASETS
-from utils.predictions import evaluation_records, worst_and_best, write_records
+from utils.options import AMP_CHOICES
+from utils.predictions import evaluation_records, worst_and_best
 from utils.runtime import compile_model, enable_tf32, limit_opencv_threads
 from utils.samplers import ShardSampler
 from utils.visualize import write_dataset_overlays
@@ -46,7 +47,7 @@ def get_args_parser():
     parser.add_argument("--visualize", default=0, type=int,
                         help="write N overlays (the worst and the best IoU halves) to <output_dir>/visualize")
     data = parser.add_argument_group("data (default: the checkpoint's)")
-    data.add_argument("--dataset", choices=BUILTIN_DATASETS, help="dataset of --eval_set")
+    data.add_argument("--dataset", help="dataset of --eval_set: a built-in one or a JSONL dataset's name")
     data.add_argument("--data_root", help="image root")
     data.add_argument("--split_root", help="folder holding <dataset>/<dataset>_<split>.pth")
     data.add_argument("--bert_model", help="tokenizer of an official checkpoint: hub name or local BERT folder")
@@ -106,7 +107,7 @@ def write_outputs(opts, args, model, dataset, results, stats, device):
         return
     records = evaluation_records(results, dataset, args)
     if opts.save_predictions:
-        write_records(records, opts.save_predictions)
+        write_jsonl(opts.save_predictions, records)
         print(f"{len(records)} prediction records written to {opts.save_predictions}")
     if opts.visualize > 0:
         folder = output_dir / "visualize"

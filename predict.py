@@ -2,43 +2,87 @@
 
     python predict.py --checkpoint outputs/demo/best_checkpoint.pth --image photo.jpg --phrase "the red circle" \
         [--phrase "another phrase" ...] [--out vis.png] [--json]
+    python predict.py --checkpoint CKPT --images photos/ --phrase "the dog" --output_dir preds --save_masks
     python predict.py --checkpoint CKPT --pairs pairs.jsonl --output_dir preds --visualize 8
 
 The library behind it: models.predictor.SegVGPredictor.
 """
 import argparse
+import glob
 import json
 import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from datasets.records import write_jsonl
 from models.predictor import SegVGPredictor, load_rgb
 from utils.checkpoint import CheckpointError
-from utils.predictions import prediction_record, read_pairs, write_records
+from utils.predictions import prediction_record, read_pairs
 from utils.visualize import draw_overlay
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def get_args_parser():
     parser = argparse.ArgumentParser(prog="predict.py", description="Ground phrases in images with a SegVG checkpoint.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="our checkpoint or an official SegVG one")
-    parser.add_argument("--image", help="image file (with one or more --phrase)")
-    parser.add_argument("--phrase", "--text", dest="phrases", action="append", default=[],
+    inputs = parser.add_argument_group("inputs (one of --image, --images or --pairs)")
+    inputs.add_argument("--image", help="image file (with one or more --phrase)")
+    inputs.add_argument("--images", help="a folder or a glob pattern of images: each is grounded with every --phrase")
+    inputs.add_argument("--phrase", "--text", dest="phrases", action="append", default=[],
                         help="referring expression; repeat for several")
-    parser.add_argument("--pairs", help="JSONL file of {\"image\": path, \"phrase\": text} lines")
-    parser.add_argument("--out", help="overlay PNG (several predictions: vis.png -> vis_0.png, vis_1.png, ...)")
-    parser.add_argument("--output_dir", help="folder for predictions.jsonl (prediction records) and overlays/")
-    parser.add_argument("--visualize", type=int, default=0,
-                        help="with --output_dir: overlays of the first N predictions in <output_dir>/overlays")
-    parser.add_argument("--json", action="store_true", help="print one prediction record (JSON) per line")
-    parser.add_argument("--batch_size", type=int, default=16, help="pairs per forward pass")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cuda, cuda:N or cpu")
-    parser.add_argument("--bert_model", help="tokenizer of an official checkpoint: hub name or local BERT folder "
-                                             "(default: the shipped bert-base-uncased vocabulary)")
-    parser.add_argument("--vocab_file", help="WordPiece vocab.txt overriding the checkpoint's")
-    parser.add_argument("--plain_inference", action="store_true",
-                        help="run the model as trained (no BatchNorm folding, no channels-last CNN)")
+    inputs.add_argument("--pairs", help="JSONL file of {\"image\": path, \"phrase\": text} lines")
+    outputs = parser.add_argument_group("outputs")
+    outputs.add_argument("--out", help="overlay PNG (several predictions: vis.png -> vis_0.png, vis_1.png, ...)")
+    outputs.add_argument("--output_dir", help="folder for predictions.jsonl (prediction records), masks/ and overlays/")
+    outputs.add_argument("--save_masks", action="store_true",
+                         help="with --output_dir: a binary PNG per prediction, at its image's size, in "
+                              "<output_dir>/masks (the record's \"mask\" names it)")
+    outputs.add_argument("--mask_threshold", type=float, default=0.5,
+                         help="probability above which a pixel belongs to a saved mask")
+    outputs.add_argument("--visualize", type=int, default=0,
+                         help="with --output_dir: overlays of the first N predictions in <output_dir>/overlays")
+    outputs.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run")
+    outputs.add_argument("--json", action="store_true", help="print one prediction record (JSON) per line")
+    run = parser.add_argument_group("run")
+    run.add_argument("--batch_size", type=int, default=16, help="pairs per forward pass")
+    run.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cuda, cuda:N or cpu")
+    run.add_argument("--bert_model", help="tokenizer of an official checkpoint: hub name or local BERT folder "
+                                          "(default: the shipped bert-base-uncased vocabulary)")
+    run.add_argument("--vocab_file", help="WordPiece vocab.txt overriding the checkpoint's")
+    run.add_argument("--plain_inference", action="store_true",
+                     help="run the model as trained (no BatchNorm folding, no channels-last CNN)")
     return parser
+
+
+def image_files(pattern):
+    """The images of a folder (sorted), or the files a glob pattern matches."""
+    folder = Path(pattern)
+    files = sorted(folder.iterdir()) if folder.is_dir() else sorted(Path(p) for p in glob.glob(pattern))
+    files = [f for f in files if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise FileNotFoundError(f"no image ({', '.join(sorted(IMAGE_SUFFIXES))}) in {pattern}")
+    return [str(f) for f in files]
+
+
+def read_inputs(opts):
+    """[(image, phrase)] from --pairs, --images or --image with the --phrase list."""
+    chosen = [name for name in ("image", "images", "pairs") if getattr(opts, name)]
+    if len(chosen) != 1:
+        raise ValueError("give one of --image, --images (each with --phrase) or --pairs FILE.jsonl")
+    if opts.pairs:
+        if opts.phrases:
+            raise ValueError("--pairs files carry their phrases: drop --phrase")
+        return read_pairs(opts.pairs)
+    if not opts.phrases:
+        raise ValueError(f"give at least one --phrase to ground in --{chosen[0]}")
+    images = [opts.image] if opts.image else image_files(opts.images)
+    return [(image, phrase) for image in images for phrase in opts.phrases]
 
 
 def overlay_paths(out, count):
@@ -49,50 +93,72 @@ def overlay_paths(out, count):
     return [out.with_name(f"{out.stem}_{k}{out.suffix or '.png'}") for k in range(count)]
 
 
+def check_outputs(opts):
+    if not opts.output_dir or opts.overwrite:
+        return
+    taken = [Path(opts.output_dir) / name for name in ("predictions.jsonl", "masks", "overlays")]
+    taken = [str(p) for p in taken if p.exists()]
+    if taken:
+        raise ValueError(f"{', '.join(taken)} already exist: give another --output_dir, or --overwrite")
+
+
+def predict_all(predictor, pairs, batch_size):
+    """Yields (pair index, rgb, result); an image that cannot be read is reported and skipped."""
+    for start in tqdm(range(0, len(pairs), batch_size), desc="Predict", unit="batch", disable=len(pairs) <= batch_size):
+        chunk, loaded = [], {}
+        for k in range(start, min(start + batch_size, len(pairs))):
+            image = pairs[k][0]
+            if image not in loaded:
+                try:
+                    loaded[image] = load_rgb(image)
+                except (FileNotFoundError, ValueError) as err:
+                    loaded[image] = None
+                    print(f"warning: skipped {image}: {err}", file=sys.stderr)
+            if loaded[image] is not None:
+                chunk.append(k)
+        if chunk:
+            results = predictor.predict([loaded[pairs[k][0]] for k in chunk], [pairs[k][1] for k in chunk])
+            yield from ((k, loaded[pairs[k][0]], result) for k, result in zip(chunk, results))
+
+
 def main(argv=None):
     opts = get_args_parser().parse_args(argv)
-    if opts.pairs:
-        if opts.image or opts.phrases:
-            raise ValueError("give either --pairs or --image with --phrase, not both")
-        pairs = read_pairs(opts.pairs)
-    elif opts.image and opts.phrases:
-        pairs = [(opts.image, phrase) for phrase in opts.phrases]
-    else:
-        raise ValueError("give --image and at least one --phrase, or --pairs FILE.jsonl")
+    pairs = read_inputs(opts)
+    check_outputs(opts)
     warnings.simplefilter("always")
     warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"
     predictor = SegVGPredictor.from_checkpoint(opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file,
                                                fast=not opts.plain_inference)
-    results = []
-    for start in range(0, len(pairs), opts.batch_size):
-        chunk = pairs[start:start + opts.batch_size]
-        results += predictor.predict([image for image, _ in chunk], [phrase for _, phrase in chunk])
-
-    overlays = {}
-    if opts.out:
-        overlays = dict(enumerate(overlay_paths(opts.out, len(results))))
-    if opts.output_dir and opts.visualize > 0:
-        overlays.update({k: Path(opts.output_dir) / "overlays" / f"{k:04d}.png"
-                         for k in range(min(opts.visualize, len(results)))})
-    records = []
-    for k, ((image, _), result) in enumerate(zip(pairs, results)):
+    output_dir = Path(opts.output_dir) if opts.output_dir else None
+    overlays = dict(enumerate(overlay_paths(opts.out, len(pairs)))) if opts.out else {}
+    if output_dir is not None:
+        overlays.update({k: output_dir / "overlays" / f"{k:04d}.png" for k in range(min(opts.visualize, len(pairs)))})
+    records, results = [], []
+    for k, rgb, result in predict_all(predictor, pairs, opts.batch_size):
+        image, phrase = pairs[k]
         extra = {"image_size": result["image_size"]}
+        if opts.save_masks and output_dir is not None:
+            path = output_dir / "masks" / f"{k:05d}_{Path(image).stem}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(((result["mask"] > opts.mask_threshold) * 255).astype(np.uint8)).save(path)
+            extra["mask"] = str(path)
         if k in overlays:
             overlays[k].parent.mkdir(parents=True, exist_ok=True)
-            draw_overlay(load_rgb(image), result["box"], result["mask"], result["phrase"], result["score"]).save(
-                overlays[k])
+            draw_overlay(rgb, result["box"], result["mask"], phrase, result["score"]).save(overlays[k])
             extra["overlay"] = str(overlays[k])
-        record = prediction_record(image, result["phrase"], result["box"], result["score"], **extra)
+        record = prediction_record(image, phrase, result["box"], result["score"], **extra)
         records.append(record)
+        results.append(result)
         if opts.json:
             print(json.dumps(record))
-        else:
+        elif output_dir is None:
             box = ", ".join(f"{v:.1f}" for v in record["box"])
-            print(f"{image}: \"{record['phrase']}\" -> box [{box}] score {record['score']:.3f}"
+            print(f"{image}: \"{phrase}\" -> box [{box}] score {record['score']:.3f}"
                   + (f" (overlay {overlays[k]})" if k in overlays else ""))
-    if opts.output_dir:
-        write_records(records, Path(opts.output_dir) / "predictions.jsonl")
-        print(f"{len(records)} prediction records written to {Path(opts.output_dir) / 'predictions.jsonl'}",
+    if output_dir is not None:
+        write_jsonl(output_dir / "predictions.jsonl", records)
+        print(f"{len(records)} prediction records written to {output_dir / 'predictions.jsonl'}"
+              + (f" ({len(pairs) - len(records)} pairs skipped)" if len(records) < len(pairs) else ""),
               file=sys.stderr)
     return results
 

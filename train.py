@@ -15,13 +15,14 @@ from torch.nn.parallel import DistributedDataParallel
 from datasets import build_loaders, build_subset_loader, build_tokenizer
 from engine import NonFiniteLossError, TrainState, evaluate, format_stats, summarize_results, train_one_epoch
 from models import build_model
-from utils.checkpoint import CheckpointError, load_detr_weights
+from models.loading import apply_pretrained_config, load_weights, tokenizer_from_checkpoint
+from utils.checkpoint import CheckpointError, load_detr_weights, safe_load
 from utils.distributed import (all_gather_object, destroy_process_group, get_rank, get_world_size,
                                init_distributed_mode, is_main_process)
 from utils.losses import build_criterion
 from utils.lr_scheduler import budget_spent
 from utils.metric_logger import MetricLogger
-from utils.options import build_training_parser
+from utils.options import build_training_parser, explicit_flags
 from utils.preemption import StopSignal
 from utils.rng import seed_everything, set_rng_state
 from utils.run_lock import OutputDirLock, RunLockError
@@ -109,8 +110,9 @@ def lock_output_dir(args):
     return lock
 
 
-def main(args):
-    """Train. Returns (status, stop): status "done", "budget" (--max_steps or --minutes spent) or "stopped" by the
+def main(args, explicit=()):
+    """Train. explicit: the flags given on the command line, which a --pretrained checkpoint's configuration does not
+    override. Returns (status, stop): status "done", "budget" (--max_steps or --minutes spent) or "stopped" by the
     signal that stop.signum names (after saving the checkpoint)."""
     if not 0 <= args.cosine_hold < 1:
         raise ValueError(f"--cosine_hold must be in [0, 1), got {args.cosine_hold}")
@@ -121,12 +123,12 @@ def main(args):
     lock = lock_output_dir(args)
     try:
         with StopSignal() as stop:
-            return train(args, stop), stop
+            return train(args, stop, explicit), stop
     finally:
         lock.release()
 
 
-def train(args, stop):
+def train(args, stop, explicit=()):
     limit_opencv_threads()
     if args.deterministic:
         # cuBLAS needs a fixed workspace for deterministic matrix products.
@@ -142,13 +144,23 @@ def train(args, stop):
     if args.auto_resume and not args.resume and latest.is_file():
         args.resume = str(latest)
 
-    tokenizer = build_tokenizer(args)
+    pretrained = safe_load(args.pretrained) if args.pretrained else None
+    if pretrained is not None:
+        # The configuration and vocabulary also when resuming: the run's model is the pretrained one's.
+        official = apply_pretrained_config(args, pretrained, explicit)
+        tokenizer = tokenizer_from_checkpoint(pretrained, args, explicit)
+    else:
+        tokenizer = build_tokenizer(args)
     if args.bert_init == "random":
         # A BERT trained from scratch gets exactly one embedding row per token of the vocabulary in use.
         args.bert_vocab_size = len(tokenizer)
     loader_train, loader_val = build_loaders(args, tokenizer)
     model = build_model(args)
-    if args.detr_model and not args.resume:
+    if pretrained is not None and not args.resume:
+        load_weights(model, pretrained, official, f"pretrained checkpoint {args.pretrained}")
+        print(f"every weight initialised from {'the official checkpoint ' if official else ''}{args.pretrained}")
+        del pretrained
+    elif args.detr_model and not args.resume:
         used, ignored = load_detr_weights(model, args.detr_model)
         print(f"DETR weights from {args.detr_model}: {len(used)} tensors used, {len(ignored)} ignored "
               f"({', '.join(sorted({k.split('.')[0] for k in ignored}))})")
@@ -240,10 +252,11 @@ def train(args, stop):
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
+    parser = get_args_parser()
+    args = parser.parse_args()
     code = 0
     try:
-        status, stop = main(args)
+        status, stop = main(args, explicit_flags(parser, sys.argv[1:]))
         if status == "stopped":
             code = stop.exit_status()
     except (NonFiniteLossError, CheckpointError, RunLockError, FileNotFoundError, ValueError) as err:

@@ -9,15 +9,19 @@
 #                                      the paper's recipe on a real dataset (docs/training.md), then the evaluation
 #                                      of its best checkpoint on the dataset's test splits.
 #
-# Environment: DATASET, DATA_ROOT (default data/images), SPLIT_ROOT (default data/split), DETR_MODEL, OUTPUT_DIR
-# (default outputs/<dataset>), DEMO_MINUTES, NPROC (processes per node, default 1), NNODES, NODE_RANK, MASTER_ADDR,
-# MASTER_PORT (multi-node rendezvous), PYTHON. Extra arguments go to train.py and override the flags below. Runs
-# continue from OUTPUT_DIR/checkpoint_latest.pth when it exists (--auto_resume): a preempted or requeued job runs the
-# same command again; delete OUTPUT_DIR to start over.
+# Environment: DATASET (a built-in dataset or the name of a JSONL one, docs/custom_data.md), DATA_ROOT (default
+# data/images), SPLIT_ROOT (default data/split), DETR_MODEL, PRETRAINED (a checkpoint to fine-tune from: train.py
+# --pretrained), OUTPUT_DIR (default outputs/<dataset>), DEMO_MINUTES, NPROC (processes per node, default 1), NNODES,
+# NODE_RANK, MASTER_ADDR, MASTER_PORT (multi-node rendezvous), PYTHON. Extra arguments go to train.py and override the
+# flags below. Runs continue from OUTPUT_DIR/checkpoint_latest.pth when it exists (--auto_resume): a preempted or
+# requeued job runs the same command again; delete OUTPUT_DIR to start over.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 source tools/launch.sh
+
+PRETRAINED_FLAG=()
+[ -n "${PRETRAINED:-}" ] && PRETRAINED_FLAG=(--pretrained "$PRETRAINED")
 
 if [ -z "${DATASET:-}" ]; then
     DATA_ROOT=${DATA_ROOT:-data/demo}
@@ -28,7 +32,7 @@ if [ -z "${DATASET:-}" ]; then
         "$PYTHON" -m datasets.demo --out "$DATA_ROOT" --level easy --seed 0
     fi
     launch train.py @tools/demo_flags.txt --data_root "$DATA_ROOT" --split_root "$SPLIT_ROOT" \
-        --output_dir "$OUTPUT_DIR" --minutes "$DEMO_MINUTES" --auto_resume "$@"
+        --output_dir "$OUTPUT_DIR" --minutes "$DEMO_MINUTES" --auto_resume "${PRETRAINED_FLAG[@]}" "$@"
     launch eval.py --checkpoint "$OUTPUT_DIR/best_checkpoint.pth" --eval_set test --output_dir "$OUTPUT_DIR" \
         --num_workers 0 --save_predictions "$OUTPUT_DIR/predictions_test.jsonl" --visualize 6
     "$PYTHON" tools/plot_log.py "$OUTPUT_DIR/log.txt"
@@ -42,21 +46,28 @@ OUTPUT_DIR=${OUTPUT_DIR:-outputs/$DATASET}
 DETR_FLAG=()
 if [ -n "${DETR_MODEL:-}" ]; then
     DETR_FLAG=(--detr_model "$DETR_MODEL")
-else
-    echo "warning: DETR_MODEL is not set, the visual branch starts from random weights" >&2
+elif [ -z "${PRETRAINED:-}" ]; then
+    echo "warning: neither DETR_MODEL nor PRETRAINED is set, the visual branch starts from random weights" >&2
 fi
 # The original recipe (docs/original.md, "Training recipe"): 8 GPUs x 8, AdamW, lr 1e-4 (1e-5 for the backbones),
-# 90 epochs, lr drop at 60, backbones frozen for 10 epochs, clip 0.1, scale/translate/crop augmentation, 40 tokens.
+# 90 epochs, lr drop at 60, backbones frozen for 10 epochs, clip 0.1, scale/translate/crop augmentation; the model is
+# train.py's default (ResNet-101, 40 tokens), or PRETRAINED's.
 launch train.py --dataset "$DATASET" --data_root "$DATA_ROOT" --split_root "$SPLIT_ROOT" --output_dir "$OUTPUT_DIR" \
-    "${DETR_FLAG[@]}" --batch_size 8 --backbone resnet101 --max_query_len 40 \
+    "${DETR_FLAG[@]}" --batch_size 8 \
     --lr 1e-4 --lr_bert 1e-5 --lr_visu_cnn 1e-5 --lr_visu_tra 1e-5 --epochs 90 --lr_drop 60 --freeze_epochs 10 \
-    --clip_max_norm 0.1 --aug_scale --aug_translate --aug_crop --num_workers 8 --auto_resume "$@"
+    --clip_max_norm 0.1 --aug_scale --aug_translate --aug_crop --num_workers 8 --auto_resume \
+    "${PRETRAINED_FLAG[@]}" "$@"
 
-# The splits each dataset reports (gref has no test split: its val is the reported one).
+# The splits each dataset reports (gref has no test split: its val is the reported one; a JSONL dataset: those of
+# val and test that it has).
 case "$DATASET" in
     unc|unc+) EVAL_SETS=(val testA testB) ;;
     gref) EVAL_SETS=(val) ;;
-    *) EVAL_SETS=(val test) ;;
+    gref_umd|referit|flickr) EVAL_SETS=(val test) ;;
+    *) EVAL_SETS=()
+       for split in val test; do
+           [ -f "$SPLIT_ROOT/$DATASET/${DATASET}_$split.jsonl" ] && EVAL_SETS+=("$split")
+       done ;;
 esac
 for split in "${EVAL_SETS[@]}"; do
     launch eval.py --checkpoint "$OUTPUT_DIR/best_checkpoint.pth" --eval_set "$split" --output_dir "$OUTPUT_DIR" \

@@ -5,8 +5,13 @@
     python -m datasets.build_index flickr  --flickr_dir DIR --split_root OUT
     python -m datasets.build_index mdetr   --dataset unc|unc+|gref_umd --mdetr_dir DIR --split_root OUT
     python -m datasets.build_index exclude --refer_root DIR --out FILE
+    python -m datasets.build_index csv     --csv FILE --dataset NAME --split SPLIT --split_root OUT [--data_root R]
+    python -m datasets.build_index odvg    --odvg FILE --dataset NAME --split SPLIT --split_root OUT [--data_root R]
+    python -m datasets.build_index jsonl   --dataset unc --split_root DIR --out_dataset NAME [--data_root R]
 
-The rules are those of DATA-SOURCES.md (the generators of BCV-Uniandes/DMS that the published files descend from):
+The last three write the JSON-lines format of your own datasets (datasets/convert.py, docs/custom_data.md).
+
+The rules are those of the generators of BCV-Uniandes/DMS that the published files descend from (docs/data.md):
 one entry per sentence, REFER refs ordered by file_name, the COCO box as stored. Each split is written atomically;
 afterwards the entries per split are printed next to the published sizes and the files are checked with
 datasets.validate (index files only).
@@ -24,6 +29,7 @@ from tqdm import tqdm
 
 from utils.checkpoint import atomic_save, atomic_write
 
+from .convert import CONVERTERS, ConvertError, add_commands
 from .grounding import CATALOG
 from .validate import validate
 
@@ -269,18 +275,19 @@ def get_args_parser():
                                                   "pre-training)")
     exclude.add_argument("--refer_root", required=True, help="REFER's data/ folder (refcoco/, refcoco+/, refcocog/)")
     exclude.add_argument("--out", required=True, help="text file: one image id per line")
+    add_commands(commands)
     return parser
 
 
 BUILDERS = {"refer": build_refer, "referit": build_referit, "flickr": build_flickr, "mdetr": build_mdetr,
-            "exclude": build_exclude}
+            "exclude": build_exclude, **CONVERTERS}
 
 
 def main(argv=None):
     opts = get_args_parser().parse_args(argv)
     try:
         problems = BUILDERS[opts.command](opts)
-    except BuildError as err:
+    except (BuildError, ConvertError) as err:
         sys.exit(f"error: {err}")
     sys.exit(1 if problems else 0)
 

@@ -1,4 +1,5 @@
-"""Referring-expression datasets in the TransVG/SegVG index format (docs/original.md, "Data")."""
+"""Referring-expression datasets: the built-in ones in the TransVG/SegVG index format (docs/original.md, "Data") and
+any other in the JSON-lines format of datasets/records.py (docs/custom_data.md)."""
 import math
 import random
 from pathlib import Path
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .records import RecordError, check_record, index_path, read_records, split_files
 from .tokenizer import encode_text
 
 _COCO = {"image_dir": "other/images/mscoco/images/train2014", "box": "xywh", "fields": 5}
@@ -26,7 +28,7 @@ CATALOG = {
              "splits": ("train", "val", "test")},
 }
 
-# Lengths of the published index files (DATA-SOURCES §1.3) and the demo defaults.
+# Lengths of the published index files (docs/data.md) and the demo defaults.
 EXPECTED_SIZES = {
     "unc": {"train": 120624, "val": 10834, "testA": 5657, "testB": 5095},
     "unc+": {"train": 120191, "val": 10758, "testA": 5726, "testB": 4889},
@@ -38,18 +40,35 @@ EXPECTED_SIZES = {
 }
 
 
+def is_builtin(dataset):
+    return dataset in CATALOG
+
+
+def image_dir(data_root, dataset):
+    """Where a dataset's image paths start: a built-in one's image folder, --data_root itself for any other."""
+    return Path(data_root) / CATALOG[dataset]["image_dir"] if is_builtin(dataset) else Path(data_root)
+
+
 def how_to_get(dataset):
     """One line telling the user how to obtain `dataset`."""
     if dataset == "demo":
-        return "Generate it with `python -m datasets.demo --out DIR`, then pass --data_root DIR --split_root DIR/split."
+        return ("Generate it with `python -m datasets.demo --output_dir DIR`, then pass --data_root DIR --split_root "
+                "DIR/split.")
+    if not is_builtin(dataset):
+        return (f"Write {dataset}_<split>.jsonl files there (docs/custom_data.md, or convert CSV / ODVG files with "
+                f"`python -m datasets.build_index`); check them with `python -m datasets.validate`.")
     return ("Download the SegVG/TransVG data index files into --split_root and the images into --data_root as "
             "docs/data.md describes; check the result with `python -m datasets.validate`.")
 
 
 def index_files(split_root, dataset, split):
-    """Index files that make up `split`; trainval is train + val except for referit, which has its own."""
-    if dataset not in CATALOG:
-        raise ValueError(f"unknown dataset '{dataset}'; choose from {sorted(CATALOG)}")
+    """Index files that make up `split`; trainval is train + val except for referit (and JSONL datasets that have a
+    trainval file of their own)."""
+    if not is_builtin(dataset):
+        own = index_path(split_root, dataset, split)
+        if split == "trainval" and not own.is_file():
+            return [index_path(split_root, dataset, part) for part in ("train", "val")]
+        return [own]
     splits = CATALOG[dataset]["splits"]
     if split not in splits:
         raise ValueError(f"dataset '{dataset}' has no split '{split}'; its splits are {list(splits)}")
@@ -58,11 +77,17 @@ def index_files(split_root, dataset, split):
 
 
 def load_index(path, dataset):
-    """The list of tuples stored in one index file, with an error that says what to do when absent."""
+    """The entries of one index file (tuples; for JSONL files (where, record) pairs), with an error that says what
+    to do when the file is absent."""
     path = Path(path)
     if not path.is_file():
         missing = f"index file {path}" if path.parent.is_dir() else f"index folder {path.parent}"
+        if not is_builtin(dataset) and path.parent.is_dir():
+            found = sorted(split_files(path.parent.parent, dataset))
+            missing += f" (the splits found: {', '.join(found) or 'none'})"
         raise FileNotFoundError(f"{missing} not found. {how_to_get(dataset)}")
+    if path.suffix == ".jsonl":
+        return read_records(path)
     try:
         return list(torch.load(path, weights_only=True))
     except Exception as err:
@@ -70,11 +95,20 @@ def load_index(path, dataset):
 
 
 def parse_entry(entry, dataset, float_boxes=False):
-    """One index tuple -> (image file, xyxy box as the loader uses it, phrase, extra fields).
+    """One index entry -> (image file, xyxy box as the loader uses it, phrase, extra fields).
 
     COCO-family boxes are x,y,w,h; like the original, each number is truncated to int before the
-    conversion to x1,y1,x2,y2 unless float_boxes. Raises ValueError describing a malformed tuple.
+    conversion to x1,y1,x2,y2 unless float_boxes (JSONL boxes too). Raises ValueError describing a malformed entry.
     """
+    if not is_builtin(dataset):
+        where, record = entry
+        try:
+            file_name, values, phrase, extra = check_record(record)
+        except ValueError as err:
+            raise RecordError(f"{where}: {err}") from None
+        if not float_boxes:
+            values = [float(int(v)) for v in values]
+        return file_name, values, phrase, {**extra, "where": where}
     spec = CATALOG[dataset]
     if not isinstance(entry, (tuple, list)) or len(entry) != spec["fields"]:
         layout = "(file, box, phrase)" if spec["fields"] == 3 else "(file, id, box, phrase, attribute)"
@@ -132,8 +166,8 @@ class GroundingDataset(Dataset):
         self.split = split
         self.index_files = index_files(split_root, dataset, split)
         self.entries = [entry for path in self.index_files for entry in load_index(path, dataset)]
-        self.image_dir = Path(data_root) / CATALOG[dataset]["image_dir"]
-        mask_dir = CATALOG[dataset].get("mask_dir")
+        self.image_dir = image_dir(data_root, dataset)
+        mask_dir = CATALOG.get(dataset, {}).get("mask_dir")
         self.mask_dir = Path(data_root) / mask_dir if mask_dir else None
         self.transform = transform
         self.tokenizer = tokenizer
@@ -143,6 +177,9 @@ class GroundingDataset(Dataset):
         self.epoch = 0
         # file name -> decoded image, phrase -> token ids and mask; each loader process fills its own copy.
         self.cache = {"images": {}, "texts": {}} if cache else None
+        if not is_builtin(dataset):  # every record checked now: a bad line stops the run before it starts
+            for idx in range(len(self.entries)):
+                self._parse(idx)
 
     def set_epoch(self, epoch):
         """With augment_seed, sample idx of epoch e is augmented from the seed (augment_seed, e, idx)."""
@@ -154,15 +191,25 @@ class GroundingDataset(Dataset):
     def _parse(self, idx):
         try:
             return parse_entry(self.entries[idx], self.dataset, self.float_boxes)
+        except RecordError:
+            raise
         except ValueError as err:
             raise ValueError(f"{self.dataset}/{self.split} sample {idx}: malformed index entry: {err}. "
                              f"Run `python -m datasets.validate` on this dataset.") from None
 
+    def _where(self, idx):
+        """How errors name sample idx: its file and line for a JSONL dataset."""
+        if not is_builtin(self.dataset):
+            return self.entries[idx][0]
+        return f"{self.dataset}/{self.split} sample {idx}"
+
     def sample_info(self, idx):
-        """Metadata of sample idx without reading the image: image path, raw phrase, xyxy box, and
-        for the demo the expression type and the instance mask (file, label)."""
+        """Metadata of sample idx without reading the image: image path, raw phrase, xyxy box, the expression type
+        where the dataset has one (the demo; "type" in JSONL), and for the demo the instance mask (file, label)."""
         file_name, box, phrase, extra = self._parse(idx)
         info = {"image": str(self.image_dir / file_name), "phrase": phrase, "box": box, **extra}
+        if "type" in extra:
+            info["expr_type"] = info.pop("type")
         if self.mask_dir is not None:
             info.update(expr_type=extra["attribute"], mask=str(self.mask_dir / file_name),
                         mask_label=extra["ann_id"])
@@ -183,7 +230,7 @@ class GroundingDataset(Dataset):
     def _read(self, idx, file_name):
         if self.cache is not None and file_name in self.cache["images"]:
             return self.cache["images"][file_name]
-        where = f"{self.dataset}/{self.split} sample {idx}"
+        where = self._where(idx)
         try:
             img = read_rgb(self.image_dir / file_name)
         except FileNotFoundError as err:

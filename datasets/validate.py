@@ -2,8 +2,9 @@
 
     python -m datasets.validate --dataset unc --data_root R --split_root S [--split testA]
     python -m datasets.validate --dataset unc --split_root S --no_images     # the index files alone
+    python -m datasets.validate --dataset NAME --data_root R --split_root S  # a JSONL dataset: every split file
 
-Prints the number of expressions per split next to the expected size (DATA-SOURCES §1.3), then every problem
+Prints the number of expressions per split next to the published size (docs/data.md), then every problem
 with its index file and entry number: missing index file or image, unreadable image, malformed tuple,
 degenerate or out-of-image box, empty phrase. Exits with status 1 when there is any problem.
 """
@@ -14,13 +15,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .grounding import CATALOG, EXPECTED_SIZES, how_to_get, index_files, load_index, parse_entry, read_rgb
+from .grounding import (CATALOG, EXPECTED_SIZES, how_to_get, image_dir, index_files, is_builtin, load_index,
+                        parse_entry, read_rgb)
+from .records import check_against_image, check_record, read_records, split_files
 
 
 def validate(dataset, data_root, split_root, splits=None, out=None, check_images=True):
     """-> list of problem strings; the counts table and the problems are printed to `out` (stdout). Without
     check_images only the index files are read (data_root is not used)."""
     out = out or sys.stdout
+    if not is_builtin(dataset):
+        return validate_records(dataset, data_root, split_root, splits, out, check_images)
     splits = splits or [s for s in CATALOG[dataset]["splits"] if s != "trainval" or dataset == "referit"]
     problems = []
     uses = defaultdict(list)  # image file -> [(where, box)] for the entries that use it
@@ -59,12 +64,12 @@ def validate(dataset, data_root, split_root, splits=None, out=None, check_images
                 elif check_images:
                     uses[file_name].append((where, box))
 
-    image_dir = Path(data_root or ".") / CATALOG[dataset]["image_dir"]
-    if uses and not image_dir.is_dir():
-        problems.append(f"image folder {image_dir} not found ({len(uses)} images are referenced)")
+    images_at = image_dir(data_root or ".", dataset)
+    if uses and not images_at.is_dir():
+        problems.append(f"image folder {images_at} not found ({len(uses)} images are referenced)")
         uses.clear()
     for file_name, refs in tqdm(sorted(uses.items()), desc="images", unit="img", disable=not uses):
-        path = image_dir / file_name
+        path = images_at / file_name
         if not path.is_file():
             problems.append(f"{refs[0][0]}: image {path} not found" + (f" (and {len(refs) - 1} more entries)"
                                                                         if len(refs) > 1 else ""))
@@ -78,6 +83,56 @@ def validate(dataset, data_root, split_root, splits=None, out=None, check_images
             if box[0] < 0 or box[1] < 0 or box[2] > width or box[3] > height:
                 problems.append(f"{where}: box {box} outside the {width}x{height} image {path}")
 
+    return report(problems, out)
+
+
+def validate_records(dataset, data_root, split_root, splits, out, check_images):
+    """validate() for a JSONL dataset: every split file found (or those asked for), every line, every image."""
+    problems = []
+    files = split_files(split_root, dataset)
+    folder = Path(split_root) / dataset
+    print(f"dataset {dataset} (JSONL): split files under {folder}, "
+          f"{f'images under {data_root}' if check_images else 'images not checked'}", file=out)
+    if splits:
+        missing = [s for s in splits if s not in files]
+        problems += [f"{folder / f'{dataset}_{s}.jsonl'} not found. {how_to_get(dataset)}" for s in missing]
+        files = {s: p for s, p in files.items() if s in splits}
+    elif not files:
+        problems.append(f"no {dataset}_<split>.jsonl file in {folder}. {how_to_get(dataset)}")
+    uses = defaultdict(list)  # image -> [(where, box, mask)]
+    for split, path in files.items():
+        records = read_records(path, problems)
+        valid = 0
+        for where, record in records:
+            try:
+                image, box, _, extra = check_record(record)
+            except ValueError as err:
+                problems.append(f"{where}: {err}")
+                continue
+            valid += 1
+            if check_images:
+                uses[image].append((where, box, extra.get("mask")))
+        print(f"  {split:<10}{valid:>10} valid records of {len(records)}", file=out)
+    root = Path(data_root or ".")
+    for image, refs in tqdm(sorted(uses.items()), desc="images", unit="img", disable=not uses):
+        path = root / image
+        if not path.is_file():
+            problems += [f"{where}: image {path} not found (image paths are relative to --data_root)"
+                         for where, _, _ in refs]
+            continue
+        try:
+            height, width = read_rgb(path).shape[:2]
+        except Exception as err:
+            problems += [f"{where}: unreadable image {path} ({err}); replace or remove it" for where, _, _ in refs]
+            continue
+        for where, box, mask in refs:
+            wrong = check_against_image(box, mask, width, height)
+            if wrong:
+                problems.append(f"{where}: {wrong}")
+    return report(problems, out)
+
+
+def report(problems, out):
     print(f"{len(problems)} problem(s)", file=out)
     for problem in problems:
         print(f"  {problem}", file=out)
@@ -87,7 +142,8 @@ def validate(dataset, data_root, split_root, splits=None, out=None, check_images
 def get_args_parser():
     parser = argparse.ArgumentParser(prog="python -m datasets.validate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, choices=sorted(CATALOG), help="dataset to check")
+    parser.add_argument("--dataset", required=True,
+                        help=f"dataset to check: {', '.join(sorted(CATALOG))}, or a JSONL dataset's name")
     parser.add_argument("--data_root", help="image root (docs/data.md has the layout)")
     parser.add_argument("--split_root", required=True, help="folder holding <dataset>/<dataset>_<split>.pth")
     parser.add_argument("--split", help="check one split only (default: all)")
@@ -100,7 +156,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.data_root and not args.no_images:
         parser.error("--data_root is required unless --no_images is given")
-    if args.split and args.split not in CATALOG[args.dataset]["splits"]:
+    if args.split and is_builtin(args.dataset) and args.split not in CATALOG[args.dataset]["splits"]:
         parser.error(f"dataset {args.dataset} has no split {args.split}; choose from {CATALOG[args.dataset]['splits']}")
     problems = validate(args.dataset, args.data_root, args.split_root, [args.split] if args.split else None,
                         check_images=not args.no_images)

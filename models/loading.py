@@ -6,7 +6,7 @@ from pathlib import Path
 
 from datasets.tokenizer import build_tokenizer
 from utils.checkpoint import is_official_state_dict, load_official_checkpoint, load_state_dict_checked, safe_load
-from utils.options import training_defaults
+from utils.options import model_flags, training_defaults
 
 from . import build_model
 
@@ -39,6 +39,16 @@ def resolve_config(checkpoint, overrides=None):
     return args, official
 
 
+def apply_pretrained_config(args, checkpoint, explicit=()):
+    """--pretrained: the checkpoint's model configuration (the model flags) over args, except the flags named in
+    explicit (given on the command line). The tokenizer is tokenizer_from_checkpoint's. Returns whether the
+    checkpoint is an official one."""
+    config, official = resolve_config(checkpoint)
+    for key in model_flags() - set(explicit) - {"bert_model", "vocab_file"}:
+        setattr(args, key, getattr(config, key))
+    return official
+
+
 def tokenizer_from_checkpoint(checkpoint, args, overrides=()):
     """Our checkpoints carry their vocabulary (unless a vocab_file override is given); official ones use
     --vocab_file or --bert_model's vocabulary (bert-base-uncased's ships with the project)."""
@@ -51,14 +61,18 @@ def tokenizer_from_checkpoint(checkpoint, args, overrides=()):
         return build_tokenizer(argparse.Namespace(**{**vars(args), "vocab_file": str(vocab_file)}))
 
 
-def load_model(args, checkpoint, official, source="checkpoint"):
-    """The model of configuration args with the checkpoint's weights, loaded strictly."""
-    model = build_model(args)
+def load_weights(model, checkpoint, official, source="checkpoint"):
+    """The checkpoint's weights into model, strictly (an error names every key that does not fit)."""
     if official:
         load_official_checkpoint(model, checkpoint)
     else:
         load_state_dict_checked(model, checkpoint["model"], source)
     return model
+
+
+def load_model(args, checkpoint, official, source="checkpoint"):
+    """The model of configuration args with the checkpoint's weights."""
+    return load_weights(build_model(args), checkpoint, official, source)
 
 
 def load_from_checkpoint(path, overrides=None):

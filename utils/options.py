@@ -8,7 +8,6 @@ import shlex
 from utils.lr_scheduler import SCHEDULERS
 
 AMP_CHOICES = ("off", "bf16", "fp16")
-BUILTIN_DATASETS = ("unc", "unc+", "gref", "gref_umd", "referit", "flickr", "demo")
 
 
 class FlagsFileParser(argparse.ArgumentParser):
@@ -22,6 +21,13 @@ class FlagsFileParser(argparse.ArgumentParser):
     def convert_arg_line_to_args(self, arg_line):
         line = arg_line.strip()
         return [] if not line or line.startswith("#") else shlex.split(line)
+
+
+def model_flags():
+    """Names of the flags that define the model (the "model: ..." groups): what a --pretrained checkpoint sets."""
+    parser = build_training_parser()
+    return {action.dest for group in parser._action_groups if group.title.startswith("model")
+            for action in group._group_actions}
 
 
 def explicit_flags(parser, argv):
@@ -104,9 +110,10 @@ def _add_model_flags(parser):
 
 def _add_data_flags(parser):
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default="unc", choices=BUILTIN_DATASETS,
-                      help="unc (RefCOCO), unc+ (RefCOCO+), gref / gref_umd (RefCOCOg), referit, flickr, or the "
-                           "built-in synthetic demo")
+    data.add_argument("--dataset", default="unc",
+                      help="unc (RefCOCO), unc+ (RefCOCO+), gref / gref_umd (RefCOCOg), referit, flickr, the built-in "
+                           "synthetic demo, or the name of your own dataset: <split_root>/NAME/NAME_<split>.jsonl "
+                           "(docs/custom_data.md)")
     data.add_argument("--data_root", default="data/images", help="image root (docs/data.md has the layout)")
     data.add_argument("--split_root", default="data/split",
                       help="folder holding <dataset>/<dataset>_<split>.pth index files")
@@ -181,6 +188,10 @@ def _add_checkpoint_flags(parser):
     run.add_argument("--output_dir", default="",
                      help="folder of the run's checkpoints and logs (default: outputs/<dataset>); one run at a time")
     run.add_argument("--detr_model", default="", help="DETR checkpoint that initialises the visual branch")
+    run.add_argument("--pretrained", default="",
+                     help="fine-tune: a checkpoint (ours or an official one) that initialises every weight, with a "
+                          "fresh optimizer, schedule and epoch count; the model flags and the vocabulary come from "
+                          "it unless given on the command line")
     run.add_argument("--resume", default="", help="checkpoint to continue from (also one written mid-epoch)")
     run.add_argument("--auto_resume", action="store_true",
                      help="resume from <output_dir>/checkpoint_latest.pth when it exists, else start fresh")

@@ -9,7 +9,6 @@ from PIL import Image
 from torchvision.ops import box_convert
 
 from datasets.transforms import canvas_to_image, eval_placement
-from utils.checkpoint import atomic_write
 
 
 def prediction_record(image, phrase, box, score, gt_box=None, iou=None, **extra):
@@ -21,11 +20,6 @@ def prediction_record(image, phrase, box, score, gt_box=None, iou=None, **extra)
         record["iou"] = round(float(iou), 4)
     record.update(extra)
     return record
-
-
-def write_records(records, path):
-    """JSON lines, written atomically (a reader never sees half a file)."""
-    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))
 
 
 def read_pairs(path):

@@ -1,0 +1,134 @@
+"""The JSON-lines annotation format for any dataset (docs/custom_data.md).
+
+<split_root>/NAME/NAME_<split>.jsonl holds one JSON object per line:
+    {"image": "relative/path.jpg", "phrase": "the mug left of the laptop", "box": [x1, y1, x2, y2]}
+with optional "id", "type" (metrics are also reported per type) and "mask" (COCO polygons [[x, y, ...], ...] or an
+RLE {"size": [h, w], "counts": ...}). Image paths are relative to --data_root; boxes are in the stored image's pixels.
+Every problem is reported as `file:line: what is wrong (what to do)`.
+"""
+import json
+import math
+from pathlib import Path
+
+from utils.checkpoint import atomic_write
+
+REQUIRED = ("image", "phrase", "box")
+OPTIONAL = ("id", "type", "mask")
+
+
+class RecordError(ValueError):
+    """A record that cannot be used; the message is one line, `file:line: what is wrong (what to do)`."""
+
+
+def index_path(split_root, dataset, split):
+    return Path(split_root) / dataset / f"{dataset}_{split}.jsonl"
+
+
+def split_files(split_root, dataset):
+    """{split: path} of every NAME_<split>.jsonl in the dataset's folder."""
+    folder = Path(split_root) / dataset
+    prefix = f"{dataset}_"
+    return {p.stem[len(prefix):]: p for p in sorted(folder.glob(f"{prefix}*.jsonl"))}
+
+
+def read_records(path, problems=None):
+    """[(where, record)] of a JSONL file, where = "file:line". A malformed line raises RecordError, or with a
+    problems list is appended to it and skipped."""
+    path = Path(path)
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                records.append((where, json.loads(line)))
+            except json.JSONDecodeError as err:
+                error = RecordError(f"{where}: malformed JSON ({err.msg} at column {err.colno}); fix or remove the "
+                                    f"line")
+                if problems is None:
+                    raise error from None
+                problems.append(str(error))
+    return records
+
+
+def check_record(record):
+    """-> (image, [x1, y1, x2, y2] floats, phrase, extra) of a valid record; ValueError with what is wrong and what to
+    do otherwise. What needs the image (the box and mask inside it, the RLE's size) is check_against_image's."""
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object with {', '.join(REQUIRED)}, got {type(record).__name__} (write one "
+                         f"object per line)")
+    missing = [key for key in REQUIRED if key not in record]
+    if missing:
+        raise ValueError(f"missing key {', '.join(repr(k) for k in missing)} (every line needs \"image\", "
+                         f"\"phrase\" and \"box\")")
+    image, phrase, box = record["image"], record["phrase"], record["box"]
+    if not isinstance(image, str) or not image.strip():
+        raise ValueError(f"\"image\" must be a non-empty path relative to --data_root, got {image!r}")
+    if not isinstance(phrase, str) or not phrase.strip():
+        raise ValueError("empty phrase (give the expression that refers to the object, or remove the line)")
+    if (not isinstance(box, list) or len(box) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+        raise ValueError(f"box must be four numbers [x1, y1, x2, y2], got {json.dumps(box)[:80]}")
+    box = [float(v) for v in box]
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise ValueError(f"degenerate box {box} (x2 must exceed x1 and y2 exceed y1; boxes are [x1, y1, x2, y2], "
+                         f"not [x, y, w, h])")
+    extra = {}
+    if "type" in record:
+        if not isinstance(record["type"], str) or not record["type"]:
+            raise ValueError(f"\"type\" must be a non-empty string, got {record['type']!r}")
+        extra["type"] = record["type"]
+    if "id" in record:
+        extra["id"] = record["id"]
+    if "mask" in record:
+        check_mask(record["mask"])
+        extra["mask"] = record["mask"]
+    return image, box, phrase, extra
+
+
+def check_mask(mask):
+    """A COCO polygon list or an RLE dict, checked for shape only (check_against_image compares with the image)."""
+    if isinstance(mask, dict):
+        size, counts = mask.get("size"), mask.get("counts")
+        if (not isinstance(size, list) or len(size) != 2
+                or not all(isinstance(v, int) and v > 0 for v in size)):
+            raise ValueError(f"bad mask: an RLE needs \"size\": [height, width], got {size!r}")
+        if not (isinstance(counts, str) and counts) and not (
+                isinstance(counts, list) and counts and all(isinstance(v, int) and v >= 0 for v in counts)):
+            raise ValueError("bad mask: an RLE needs \"counts\", a COCO-compressed string or a list of run lengths")
+        if isinstance(counts, list) and sum(counts) != size[0] * size[1]:
+            raise ValueError(f"bad mask: the RLE's run lengths add up to {sum(counts)}, not height x width = "
+                             f"{size[0] * size[1]}")
+        return
+    if not isinstance(mask, list) or not mask:
+        raise ValueError("bad mask: expected COCO polygons [[x1, y1, x2, y2, ...], ...] or an RLE "
+                         "{\"size\": [h, w], \"counts\": ...}")
+    for k, polygon in enumerate(mask):
+        if not isinstance(polygon, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in polygon):
+            raise ValueError(f"bad mask: polygon {k} must be a flat list of numbers [x1, y1, x2, y2, ...]")
+        if len(polygon) % 2:
+            raise ValueError(f"bad mask: polygon {k} has an odd number of coordinates ({len(polygon)})")
+        if len(polygon) < 6:
+            raise ValueError(f"bad mask: polygon {k} has {len(polygon) // 2} points; a polygon needs at least 3")
+
+
+def check_against_image(box, mask, width, height):
+    """What is wrong with a record's box or mask given its image's size, or None."""
+    if box[0] < 0 or box[1] < 0 or box[2] > width or box[3] > height:
+        return f"box {box} outside the {width}x{height} image (boxes are in the stored image's pixels)"
+    if isinstance(mask, dict) and list(mask["size"]) != [height, width]:
+        return (f"bad mask: the RLE's size {mask['size']} is not the image's [height, width] = "
+                f"[{height}, {width}]")
+    if isinstance(mask, list):
+        xs = [v for polygon in mask for v in polygon[0::2]]
+        ys = [v for polygon in mask for v in polygon[1::2]]
+        if min(xs) < 0 or min(ys) < 0 or max(xs) > width or max(ys) > height:
+            return f"bad mask: a polygon lies outside the {width}x{height} image"
+    return None
+
+
+def write_jsonl(path, records):
+    """Records (dicts) as JSON lines, written atomically."""
+    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))
