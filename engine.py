@@ -11,6 +11,7 @@ from utils.distributed import all_gather_object, get_world_size, is_main_process
 from utils.eval_utils import (canvas_probabilities, prediction_ious, segmentation_confidence, summarize,
                               summarize_by_group)
 from utils.lr_scheduler import budget_spent, lr_factor, run_fraction, set_lr
+from utils.mask_metrics import MAPS, summarize_mask_results
 from utils.metric_logger import MetricLogger
 from utils.samplers import ResumableBatchSampler
 
@@ -143,11 +144,12 @@ def train_one_epoch(state, data_loader, epoch, logger=None):
 
 
 @torch.inference_mode()
-def evaluate(model, data_loader, device, amp="off", desc="Eval"):
+def evaluate(model, data_loader, device, amp="off", desc="Eval", mask_scorer=None):
     """Box IoU of every sample of data_loader.dataset, each counted exactly once whatever the world size.
 
     Each rank predicts its shard (utils.samplers.ShardSampler); the per-sample results are gathered by dataset
-    index. Returns {index: (IoU, predicted box [cx, cy, w, h], segmentation confidence)} on every rank.
+    index. Returns {index: (IoU, predicted box [cx, cy, w, h], segmentation confidence, mask terms)} on every rank;
+    the mask terms are mask_scorer(index, seg_logits, box)'s (utils.mask_metrics.MaskScorer), None without one.
     """
     model.eval()
     local = {}
@@ -159,8 +161,11 @@ def evaluate(model, data_loader, device, amp="off", desc="Eval"):
         boxes = outputs["pred_boxes"].float()
         ious = prediction_ious(boxes, batch["target"])
         confidence = segmentation_confidence(canvas_probabilities(outputs["seg_logits"], batch["img"].shape[-1]))
-        for index, iou, box, conf in zip(batch["index"].tolist(), ious.tolist(), boxes.tolist(), confidence.tolist()):
-            local[index] = (iou, box, conf)
+        seg_logits = outputs["seg_logits"].float().cpu()
+        for k, (index, iou, box, conf) in enumerate(zip(batch["index"].tolist(), ious.tolist(), boxes.tolist(),
+                                                        confidence.tolist())):
+            masks = mask_scorer(index, seg_logits[k], boxes[k].cpu()) if mask_scorer is not None else None
+            local[index] = (iou, box, conf, masks)
 
     results = {}
     for part in all_gather_object(local):
@@ -176,22 +181,40 @@ def evaluate(model, data_loader, device, amp="off", desc="Eval"):
 
 def summarize_results(results, dataset):
     """Acc@0.5, Acc@0.75, mIoU and count, plus "by_type" when the dataset labels its expressions (the demo; "type"
-    in JSONL datasets, where unlabelled ones count as "untyped")."""
+    in JSONL datasets, where unlabelled ones count as "untyped"), plus the mask metrics of the three maps
+    ("mask", "pred_box_mask", "gt_box_mask") when the results hold mask terms."""
     indices = sorted(results)
     ious = [results[i][0] for i in indices]
     stats = summarize(ious)
+    types = None
     if hasattr(dataset, "sample_info"):
         types = [dataset.sample_info(i).get("expr_type") for i in indices]
         if any(t is not None for t in types):
-            stats["by_type"] = summarize_by_group(ious, ["untyped" if t is None else t for t in types])
+            types = ["untyped" if t is None else t for t in types]
+            stats["by_type"] = summarize_by_group(ious, types)
+        else:
+            types = None
+    masks = [results[i][3] for i in indices]
+    if any(m is not None for m in masks):
+        stats.update(summarize_mask_results(masks, types))
     return stats
 
 
+MAP_NAMES = {"mask": "model mask", "pred_box_mask": "predicted box", "gt_box_mask": "ground-truth box"}
+
+
 def format_stats(stats):
-    """One line for the overall numbers, then one per expression type."""
+    """One line for the overall numbers, then one per expression type; then the mask metrics, when there are."""
     lines = [f"Acc@0.5 {stats['accu']:.4f} | Acc@0.75 {stats['accu@0.75']:.4f} | mIoU {stats['miou']:.4f} "
              f"| {stats['count']} samples"]
     for name, s in stats.get("by_type", {}).items():
         lines.append(f"  {name:<10} Acc@0.5 {s['accu']:.4f} | Acc@0.75 {s['accu@0.75']:.4f} | mIoU {s['miou']:.4f} "
                      f"| {s['count']} samples")
+    if "mask" in stats:
+        lines.append(f"masks against the ground-truth masks ({stats['mask']['count']} samples that have one): "
+                     f"mIoU | oIoU | Prec@0.5 0.6 0.7 0.8 0.9")
+        for key in MAPS:
+            m = stats[key]
+            precisions = " ".join(f"{m[f'prec@{t}']:.3f}" for t in (0.5, 0.6, 0.7, 0.8, 0.9))
+            lines.append(f"  {MAP_NAMES[key]:<17} {m['miou']:.4f} | {m['oiou']:.4f} | {precisions}")
     return "\n".join(lines)

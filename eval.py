@@ -1,4 +1,5 @@
-"""Evaluate a SegVG checkpoint (ours or an official one) on one split: Acc@0.5, Acc@0.75 and mean IoU.
+"""Evaluate a SegVG checkpoint (ours or an official one) on one split: Acc@0.5, Acc@0.75 and mean IoU, and the masks'
+mIoU, oIoU and Prec@0.5:0.9 where the dataset has ground-truth masks.
 
     python eval.py --checkpoint outputs/demo/best_checkpoint.pth --eval_set test
     torchrun --nproc_per_node 4 eval.py --checkpoint ckpt/gref_umd/best_checkpoint.pth --eval_set test \
@@ -24,6 +25,8 @@ from models.loading import load_from_checkpoint
 from utils.checkpoint import CheckpointError
 from utils.distributed import destroy_process_group, get_rank, get_world_size, init_distributed_mode, is_main_process
 from utils.options import AMP_CHOICES
+from utils.eval_utils import MASK_THRESHOLD
+from utils.mask_metrics import MaskScorer
 from utils.predictions import evaluation_records, worst_and_best
 from utils.runtime import compile_model, enable_tf32, limit_opencv_threads
 from utils.samplers import ShardSampler
@@ -46,6 +49,17 @@ def get_args_parser():
                         help="JSONL file of prediction records (image, phrase, box, score, gt_box, iou, index, type)")
     parser.add_argument("--visualize", default=0, type=int,
                         help="write N overlays (the worst and the best IoU halves) to <output_dir>/visualize")
+    masks = parser.add_argument_group("masks")
+    masks.add_argument("--mask_threshold", default=MASK_THRESHOLD, type=float,
+                       help="probability above which a pixel belongs to the model's mask (docs/evaluation.md says how "
+                            "the default was chosen)")
+    masks.add_argument("--save_masks", action="store_true",
+                       help="write each prediction's binary mask, at its image's size, to <output_dir>/masks (the "
+                            "prediction record's \"mask\" names it)")
+    masks.add_argument("--save_probabilities", action="store_true",
+                       help="with --save_masks: also the probability maps (0-255 PNG) in <output_dir>/probabilities")
+    masks.add_argument("--no_mask_metrics", action="store_true",
+                       help="skip the mask metrics even where the dataset has ground-truth masks")
     data = parser.add_argument_group("data (default: the checkpoint's)")
     data.add_argument("--dataset", help="dataset of --eval_set: a built-in one or a JSONL dataset's name")
     data.add_argument("--data_root", help="image root")
@@ -85,27 +99,38 @@ def main(opts):
     loader = DataLoader(dataset, batch_size=opts.batch_size, sampler=ShardSampler(len(dataset), get_rank(),
                                                                                    get_world_size()),
                         collate_fn=collate_fn, num_workers=opts.num_workers, pin_memory=device.type == "cuda")
+    output_dir = Path(opts.output_dir or Path(opts.checkpoint).parent)
+    score = not opts.no_mask_metrics and dataset.has_masks()
+    scorer = None
+    if score or opts.save_masks:
+        scorer = MaskScorer(dataset, args, opts.mask_threshold, score, output_dir if opts.save_masks else None,
+                            opts.save_probabilities)
     start = time.time()
-    results = evaluate(model, loader, device, opts.amp, desc=f"Eval {opts.eval_set}")
+    results = evaluate(model, loader, device, opts.amp, desc=f"Eval {opts.eval_set}", mask_scorer=scorer)
     stats = summarize_results(results, dataset)
     print(f"{args.dataset} {opts.eval_set} ({'official' if official else 'our'} checkpoint {opts.checkpoint}):")
     print(format_stats(stats))
     print(f"Evaluation time {datetime.timedelta(seconds=int(time.time() - start))}")
     if is_main_process():
-        write_outputs(opts, args, model, dataset, results, stats, device)
+        write_outputs(opts, args, model, dataset, results, stats, device, output_dir, scorer)
     return stats
 
 
-def write_outputs(opts, args, model, dataset, results, stats, device):
-    output_dir = Path(opts.output_dir or Path(opts.checkpoint).parent)
+def write_outputs(opts, args, model, dataset, results, stats, device, output_dir, scorer):
     output_dir.mkdir(parents=True, exist_ok=True)
-    report = {"checkpoint": str(opts.checkpoint), "dataset": args.dataset, "eval_set": opts.eval_set, **stats}
+    report = {"checkpoint": str(opts.checkpoint), "dataset": args.dataset, "eval_set": opts.eval_set,
+              "mask_threshold": opts.mask_threshold, **stats}
     (output_dir / f"eval_{args.dataset}_{opts.eval_set}.json").write_text(json.dumps(report, indent=1))
     with (output_dir / "eval_log.txt").open("a") as f:
         f.write(json.dumps(report) + "\n")
-    if not (opts.save_predictions or opts.visualize > 0):
+    if not (opts.save_predictions or opts.visualize > 0 or opts.save_masks):
         return
     records = evaluation_records(results, dataset, args)
+    if opts.save_masks:
+        for record in records:
+            record["mask"] = str(scorer.mask_path(record["index"]))
+            if opts.save_probabilities:
+                record["probability"] = str(scorer.mask_path(record["index"], "probabilities"))
     if opts.save_predictions:
         write_jsonl(opts.save_predictions, records)
         print(f"{len(records)} prediction records written to {opts.save_predictions}")

@@ -15,12 +15,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from datasets.records import write_jsonl
 from models.predictor import SegVGPredictor, load_rgb
 from utils.checkpoint import CheckpointError
+from utils.eval_utils import MASK_THRESHOLD
+from utils.mask_metrics import save_png
 from utils.predictions import prediction_record, read_pairs
 from utils.visualize import draw_overlay
 
@@ -43,8 +44,10 @@ def get_args_parser():
     outputs.add_argument("--save_masks", action="store_true",
                          help="with --output_dir: a binary PNG per prediction, at its image's size, in "
                               "<output_dir>/masks (the record's \"mask\" names it)")
-    outputs.add_argument("--mask_threshold", type=float, default=0.5,
-                         help="probability above which a pixel belongs to a saved mask")
+    outputs.add_argument("--mask_threshold", type=float, default=MASK_THRESHOLD,
+                         help="probability above which a pixel belongs to a saved mask (docs/evaluation.md)")
+    outputs.add_argument("--save_probabilities", action="store_true",
+                         help="with --save_masks: also the probability map (0-255 PNG) in <output_dir>/probabilities")
     outputs.add_argument("--visualize", type=int, default=0,
                          help="with --output_dir: overlays of the first N predictions in <output_dir>/overlays")
     outputs.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run")
@@ -96,7 +99,7 @@ def overlay_paths(out, count):
 def check_outputs(opts):
     if not opts.output_dir or opts.overwrite:
         return
-    taken = [Path(opts.output_dir) / name for name in ("predictions.jsonl", "masks", "overlays")]
+    taken = [Path(opts.output_dir) / name for name in ("predictions.jsonl", "masks", "probabilities", "overlays")]
     taken = [str(p) for p in taken if p.exists()]
     if taken:
         raise ValueError(f"{', '.join(taken)} already exist: give another --output_dir, or --overwrite")
@@ -128,7 +131,7 @@ def main(argv=None):
     warnings.simplefilter("always")
     warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"
     predictor = SegVGPredictor.from_checkpoint(opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file,
-                                               fast=not opts.plain_inference)
+                                               fast=not opts.plain_inference, mask_threshold=opts.mask_threshold)
     output_dir = Path(opts.output_dir) if opts.output_dir else None
     overlays = dict(enumerate(overlay_paths(opts.out, len(pairs)))) if opts.out else {}
     if output_dir is not None:
@@ -138,10 +141,12 @@ def main(argv=None):
         image, phrase = pairs[k]
         extra = {"image_size": result["image_size"]}
         if opts.save_masks and output_dir is not None:
-            path = output_dir / "masks" / f"{k:05d}_{Path(image).stem}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(((result["mask"] > opts.mask_threshold) * 255).astype(np.uint8)).save(path)
-            extra["mask"] = str(path)
+            name = f"{k:05d}_{Path(image).stem}.png"
+            extra["mask"] = str(output_dir / "masks" / name)
+            save_png(result["binary_mask"].astype(np.uint8) * 255, output_dir / "masks" / name)
+            if opts.save_probabilities:
+                extra["probability"] = str(output_dir / "probabilities" / name)
+                save_png(np.round(result["mask"] * 255).astype(np.uint8), output_dir / "probabilities" / name)
         if k in overlays:
             overlays[k].parent.mkdir(parents=True, exist_ok=True)
             draw_overlay(rgb, result["box"], result["mask"], phrase, result["score"]).save(overlays[k])

@@ -57,6 +57,11 @@ def train(data, dataset, output_dir, *extra):
              Path(data) / "split", "--output_dir", output_dir, *extra], log=Path(f"{output_dir}.log"))
 
 
+def last_step(output_dir):
+    lines = (Path(output_dir) / "log.txt").read_text().splitlines()
+    return json.loads(lines[-1])["step"]
+
+
 def curve(output_dir):
     lines = (Path(output_dir) / "val_curve.txt").read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
@@ -83,7 +88,7 @@ def main(argv=None):
         report = evaluate(folder / "best_checkpoint.pth", data, "objects_a", folder)
         results["a"][seed] = {"accu": report["accu"], "miou": report["miou"],
                               "by_type": {k: v["accu"] for k, v in report["by_type"].items()},
-                              "steps": curve(folder)[-1]["step"]}
+                              "steps": last_step(folder)}
     source = out / f"a_seed{opts.seeds[0]}" / "best_checkpoint.pth"
     finetuned = out / "b_finetuned"
     train(data, "objects_b", finetuned, "--pretrained", source, "--max_steps", opts.finetune_steps, "--eval_every",

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from utils.checkpoint import atomic_save, atomic_write
 
-from .convert import CONVERTERS, ConvertError, add_commands
+from .convert import CONVERTERS, ConvertError, add_commands, write_and_check
 from .grounding import CATALOG
 from .validate import validate
 
@@ -128,6 +128,17 @@ def refer_entries(refs, boxes, split, phrase, source):
     return entries
 
 
+def refer_records(entries, segmentations):
+    """Index tuples -> JSONL records with the objects' COCO segmentations as masks (boxes x1, y1, x2, y2)."""
+    image_dir = CATALOG["unc"]["image_dir"]
+    records = []
+    for file_name, ann_file, (x, y, w, h), phrase, _ in entries:
+        ann_id = int(ann_file.removesuffix(".pth"))
+        records.append({"image": f"{image_dir}/{file_name}", "phrase": phrase, "box": [x, y, x + w, y + h],
+                        "id": ann_id, "mask": segmentations[ann_id]})
+    return records
+
+
 def build_refer(opts):
     folder, split_by = REFER[opts.dataset]
     root = Path(opts.refer_root) / folder
@@ -136,9 +147,14 @@ def build_refer(opts):
     instances = read_json(root / "instances.json", "refer")
     try:
         boxes = {ann["id"]: ann["bbox"] for ann in instances["annotations"]}
+        segmentations = {ann["id"]: ann["segmentation"] for ann in instances["annotations"]} if opts.with_masks else {}
     except (KeyError, TypeError) as err:
         raise BuildError(f"{root / 'instances.json'}: annotations without {err}") from None
     splits = [s for s in CATALOG[opts.dataset]["splits"] if s != "trainval"]
+    if opts.with_masks:
+        built = {split: refer_records(refer_entries(refs, boxes, split, opts.phrase, refs_path), segmentations)
+                 for split in splits}
+        return write_and_check(built, opts.out_dataset, opts.split_root, "")
     built = {split: refer_entries(refs, boxes, split, opts.phrase, refs_path) for split in splits}
     write_splits(opts.split_root, opts.dataset, built)
     return check(opts.dataset, opts.split_root, built)
@@ -261,6 +277,11 @@ def get_args_parser():
     refer.add_argument("--phrase", default="sent", choices=["sent", "raw"],
                        help="sentence field: 'sent' (normalised; most likely what the published files hold) or "
                             "'raw' (as typed)")
+    refer.add_argument("--with_masks", action="store_true",
+                       help="write a JSONL dataset (--out_dataset) whose records carry the objects' COCO "
+                            "segmentations as masks, for the mask metrics; the .pth index files are left alone")
+    refer.add_argument("--out_dataset", default="",
+                       help="with --with_masks: the JSONL dataset's name (default: <dataset>_masks)")
     referit = commands.add_parser("referit", help="ReferItGame from text_objseg's query and bbox JSON files")
     referit.add_argument("--referit_dir", required=True, help="folder with referit_query_*.json, referit_bbox.json")
     flickr = commands.add_parser("flickr", help="Flickr30k Entities: Annotations/, Sentences/, train/val/test.txt")
@@ -285,6 +306,8 @@ BUILDERS = {"refer": build_refer, "referit": build_referit, "flickr": build_flic
 
 def main(argv=None):
     opts = get_args_parser().parse_args(argv)
+    if opts.command == "refer" and opts.with_masks:
+        opts.out_dataset = opts.out_dataset or f"{opts.dataset.replace('+', 'plus')}_masks"
     try:
         problems = BUILDERS[opts.command](opts)
     except (BuildError, ConvertError) as err:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .records import RecordError, check_record, index_path, read_records, split_files
+from .records import RecordError, check_record, index_path, rasterize, read_records, split_files
 from .tokenizer import encode_text
 
 _COCO = {"image_dir": "other/images/mscoco/images/train2014", "box": "xywh", "fields": 5}
@@ -222,6 +222,23 @@ class GroundingDataset(Dataset):
         info = self.sample_info(idx)
         with Image.open(info["mask"]) as labels:
             return np.asarray(labels) == info["mask_label"]
+
+    def has_masks(self):
+        """Whether any sample has a ground-truth mask (the demo's instance masks, "mask" in JSONL records)."""
+        if self.mask_dir is not None:
+            return True
+        return not is_builtin(self.dataset) and any("mask" in record for _, record in self.entries)
+
+    def gt_mask(self, idx):
+        """Ground-truth mask of sample idx at its image's size, bool [H, W], or None when it has none."""
+        if self.mask_dir is not None:
+            return self.instance_mask(idx)
+        info = self.sample_info(idx)
+        if "mask" not in info:
+            return None
+        with Image.open(info["image"]) as image:
+            width, height = image.size
+        return rasterize(info["mask"], height, width)
 
     def load_image(self, idx):
         """uint8 [H, W, 3] RGB image of sample idx."""

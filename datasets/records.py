@@ -10,6 +10,8 @@ import json
 import math
 from pathlib import Path
 
+from pycocotools import mask as coco_mask
+
 from utils.checkpoint import atomic_write
 
 REQUIRED = ("image", "phrase", "box")
@@ -127,6 +129,15 @@ def check_against_image(box, mask, width, height):
         if min(xs) < 0 or min(ys) < 0 or max(xs) > width or max(ys) > height:
             return f"bad mask: a polygon lies outside the {width}x{height} image"
     return None
+
+
+def rasterize(mask, height, width):
+    """COCO polygons [[x, y, ...], ...] or an RLE {"size", "counts"} -> bool [height, width] (pycocotools); the
+    parts of a multi-part object are merged (their union)."""
+    if isinstance(mask, dict):
+        rle = mask if isinstance(mask["counts"], str) else coco_mask.frPyObjects(mask, *mask["size"])
+        return coco_mask.decode(rle).astype(bool)
+    return coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(mask, height, width))).astype(bool)
 
 
 def write_jsonl(path, records):

@@ -4,7 +4,8 @@
     result = predictor("photo.jpg", "the man on the left")   # a path, a PIL image or a uint8 [H, W, 3] RGB array
 
 result: "box" [x1, y1, x2, y2] in the image's pixels, "score" (the segmentation confidence), "mask" (the
-segmentation map resized to the image, float [H, W]), "phrase" and "image_size" [W, H].
+segmentation map resized to the image, float [H, W]), "binary_mask" (it above mask_threshold, bool [H, W]), "phrase"
+and "image_size" [W, H].
 """
 import copy
 import warnings
@@ -18,7 +19,7 @@ from torchvision.ops import box_convert
 from datasets.grounding import read_rgb
 from datasets.tokenizer import encode_text
 from datasets.transforms import canvas_map_to_image, canvas_to_image, make_transforms
-from utils.eval_utils import canvas_probabilities, segmentation_confidence
+from utils.eval_utils import MASK_THRESHOLD, canvas_probabilities, segmentation_confidence
 from utils.runtime import resolve_device
 
 from .inference import prepare_for_inference
@@ -42,9 +43,9 @@ def load_rgb(image):
 class SegVGPredictor:
     """A model, its tokenizer and evaluation transform: images and phrases in, boxes and masks out."""
 
-    def __init__(self, model, tokenizer, args, device="cpu", fast=True):
+    def __init__(self, model, tokenizer, args, device="cpu", fast=True, mask_threshold=MASK_THRESHOLD):
         """fast: predict with a BatchNorm-folded, channels-last copy of model (models.inference); model itself
-        is left untouched."""
+        is left untouched. mask_threshold: where "binary_mask" is cut out of the map."""
         if fast:
             model = prepare_for_inference(copy.deepcopy(model))
         self.model = model.eval().to(device)
@@ -52,16 +53,18 @@ class SegVGPredictor:
         self.args = args
         self.device = torch.device(device)
         self.transform = make_transforms(args, train=False)
+        self.mask_threshold = mask_threshold
 
     @classmethod
-    def from_checkpoint(cls, path, device="auto", bert_model=None, vocab_file=None, fast=True):
+    def from_checkpoint(cls, path, device="auto", bert_model=None, vocab_file=None, fast=True,
+                        mask_threshold=MASK_THRESHOLD):
         """Rebuild from a checkpoint alone (ours or an official one; fast: the inference fast path of
         models.inference). bert_model / vocab_file choose the tokenizer of an official checkpoint."""
         overrides = {key: value for key, value in (("bert_model", bert_model), ("vocab_file", vocab_file)) if value}
         model, tokenizer, args, _ = load_from_checkpoint(path, overrides)
         if fast:  # the model is ours alone: fold it in place instead of a copy
             prepare_for_inference(model)
-        return cls(model, tokenizer, args, resolve_device(device), fast=False)
+        return cls(model, tokenizer, args, resolve_device(device), fast=False, mask_threshold=mask_threshold)
 
     def encode(self, text):
         if not isinstance(text, str) or not text.strip():
@@ -105,7 +108,8 @@ class SegVGPredictor:
             box = canvas_to_image(boxes[k:k + 1], placement, (w, h))[0]
             image_mask = canvas_map_to_image(prob[k], placement, (w, h))
             results.append({"phrase": phrases[k], "box": [round(v, 2) for v in box.tolist()],
-                            "score": confidence[k].item(), "mask": image_mask.numpy(), "image_size": [w, h]})
+                            "score": confidence[k].item(), "mask": image_mask.numpy(),
+                            "binary_mask": image_mask.numpy() > self.mask_threshold, "image_size": [w, h]})
         return results
 
     def __call__(self, image, phrase):

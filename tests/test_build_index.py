@@ -19,6 +19,11 @@ def ref(ref_id, ann_id, image_id, split, sentences, suffix):
                           for k, (raw, sent) in enumerate(sentences)]}
 
 
+def rectangle(box):
+    x, y, w, h = box
+    return [x, y, x + w, y, x + w, y + h, x, y + h]
+
+
 @pytest.fixture
 def refer_root(tmp_path):
     root = tmp_path / "refer_data"
@@ -46,8 +51,9 @@ def refer_root(tmp_path):
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(pickle.dumps(content, protocol=2))
-        instances = {"images": [], "categories": [], "annotations": [dict(a, area=1.0, iscrowd=0, category_id=1)
-                                                                     for a in annotations]}
+        # Each object's segmentation: its box as a rectangle polygon (the mask tests rasterise it).
+        instances = {"images": [], "categories": [], "annotations": [
+            dict(a, area=1.0, iscrowd=0, category_id=1, segmentation=[rectangle(a["bbox"])]) for a in annotations]}
         (path.parent / "instances.json").write_text(json.dumps(instances))
     return root
 

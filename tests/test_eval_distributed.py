@@ -57,7 +57,8 @@ def test_each_sample_counted_once(tmp_path, world_size, single_process_results):
     spawn(eval_worker, world_size, tmp_path / "results.pt")
     results = torch.load(tmp_path / "results.pt", weights_only=True)
     assert sorted(results) == list(range(NUM_SAMPLES))
-    for index, (iou, box, confidence) in single_process_results.items():
+    for index, (iou, box, confidence, masks) in single_process_results.items():
+        assert masks is None and results[index][3] is None
         assert results[index][0] == pytest.approx(iou, abs=1e-6)
         assert results[index][1] == pytest.approx(box, abs=1e-6)
         assert results[index][2] == pytest.approx(confidence, abs=1e-6)

@@ -9,6 +9,9 @@ from torchvision.ops import box_convert, box_iou
 THRESHOLDS = (0.5, 0.75)
 # The paper's segmentation-derived confidence: mean upsampled mask probability over pixels >= 0.35.
 CONFIDENCE_THRESHOLD = 0.35
+# Where a mask is cut out of the segmentation map (eval.py, predict.py, SegVGPredictor): docs/evaluation.md says how
+# it was chosen.
+MASK_THRESHOLD = 0.5
 
 
 def prediction_ious(pred_boxes, target):

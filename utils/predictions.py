@@ -51,7 +51,7 @@ def evaluation_records(results, dataset, args):
     placements = {}
     records = []
     for index in sorted(results):
-        iou, box, score = results[index]
+        iou, box, score = results[index][:3]
         info = dataset.sample_info(index)
         with Image.open(info["image"]) as image:
             size = image.size

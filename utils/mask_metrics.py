@@ -1,0 +1,115 @@
+"""Referring-segmentation metrics (docs/evaluation.md, "Mask metrics"): per-expression IoU of a binary mask with the
+ground-truth mask at the image's resolution, summarised as mIoU (mean of the per-expression IoUs), oIoU (cumulative
+intersection over cumulative union) and Prec@0.5:0.9 (fraction of expressions with IoU at least each threshold).
+
+Three masks are scored side by side: the model's segmentation map thresholded ("mask"), its predicted box filled
+("pred_box_mask", what any box-only model gives), and the ground-truth box filled ("gt_box_mask", what box
+supervision aims at)."""
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from datasets.transforms import canvas_map_to_image, canvas_to_image, eval_placement
+from utils.eval_utils import canvas_probabilities
+
+MAPS = ("mask", "pred_box_mask", "gt_box_mask")
+PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def box_mask(box, height, width):
+    """A box x1, y1, x2, y2 filled: the pixels whose centre lies inside it, bool [height, width]."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    xs = np.arange(width) + 0.5
+    ys = np.arange(height) + 0.5
+    return ((ys >= y1) & (ys <= y2))[:, None] & ((xs >= x1) & (xs <= x2))[None, :]
+
+
+def intersection_union(pred, gt):
+    return int(np.logical_and(pred, gt).sum()), int(np.logical_or(pred, gt).sum())
+
+
+def summarize_masks(terms):
+    """[(intersection, union)] -> {"miou", "oiou", "prec@0.5", ..., "prec@0.9", "count"}. An expression whose two
+    masks are both empty has IoU 1 (they agree); oIoU is 1 when every union is empty."""
+    if not terms:
+        return {"miou": float("nan"), "oiou": float("nan"), **{f"prec@{t}": float("nan") for t in
+                                                             PRECISION_THRESHOLDS}, "count": 0}
+    inter = np.array([i for i, _ in terms], np.float64)
+    union = np.array([u for _, u in terms], np.float64)
+    ious = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    stats = {"miou": float(ious.mean()), "oiou": float(inter.sum() / union.sum()) if union.sum() else 1.0}
+    stats.update({f"prec@{t}": float((ious >= t).mean()) for t in PRECISION_THRESHOLDS})
+    stats["count"] = len(terms)
+    return stats
+
+
+def summarize_mask_results(per_sample, types=None):
+    """per_sample: [{map name: (intersection, union)}] (None where a sample has no ground-truth mask); types:
+    the samples' expression types or None. -> {map name: summary, with "by_type" when types are given}."""
+    kept = [(k, terms) for k, terms in enumerate(per_sample) if terms is not None]
+    stats = {}
+    for name in MAPS:
+        stats[name] = summarize_masks([terms[name] for _, terms in kept])
+        if types is not None:
+            groups = defaultdict(list)
+            for k, terms in kept:
+                groups[types[k]].append(terms[name])
+            stats[name]["by_type"] = {t: summarize_masks(v) for t, v in sorted(groups.items())}
+    return stats
+
+
+class MaskScorer:
+    """Per evaluated sample: the evaluation map upsampled to the canvas, mapped back to the image and thresholded at
+    `threshold`; its three masks scored against the ground-truth mask at the image's resolution (when the sample has
+    one and `score`), and with save_dir the binary mask written as <save_dir>/masks/<index>.png (and the probability
+    map, 0-255, as <save_dir>/probabilities/<index>.png with save_probabilities)."""
+
+    def __init__(self, dataset, args, threshold, score=True, save_dir=None, save_probabilities=False):
+        self.dataset = dataset
+        self.args = args
+        self.threshold = threshold
+        self.score = score
+        self.save_dir = Path(save_dir) if save_dir else None
+        self.save_probabilities = save_probabilities
+        self.placements = {}
+
+    def mask_path(self, index, kind="masks"):
+        return self.save_dir / kind / f"{index:06d}.png"
+
+    def __call__(self, index, seg_logits, box_cxcywh):
+        """seg_logits [g, g], box_cxcywh [4] on the canvas -> {map name: (intersection, union)} or None."""
+        gt = self.dataset.gt_mask(index) if self.score else None
+        if gt is None and self.save_dir is None:
+            return None
+        if gt is not None:
+            height, width = gt.shape
+        else:
+            with Image.open(self.dataset.sample_info(index)["image"]) as image:
+                width, height = image.size
+        if (width, height) not in self.placements:
+            self.placements[width, height] = eval_placement(width, height, self.args)
+        placement = self.placements[width, height]
+        prob = canvas_probabilities(seg_logits[None].float(), self.args.imsize)[0]
+        prob = canvas_map_to_image(prob, placement, (width, height)).numpy()
+        model = prob > self.threshold
+        if self.save_dir is not None:
+            save_png(model.astype(np.uint8) * 255, self.mask_path(index))
+            if self.save_probabilities:
+                save_png(np.round(prob * 255).astype(np.uint8), self.mask_path(index, "probabilities"))
+        if gt is None:
+            return None
+        cx, cy, w, h = box_cxcywh.tolist()
+        canvas_box = torch.tensor([[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]]).clamp(0, 1) * self.args.imsize
+        pred_box = canvas_to_image(canvas_box, placement, (width, height))[0]
+        info = self.dataset.sample_info(index)
+        return {"mask": intersection_union(model, gt),
+                "pred_box_mask": intersection_union(box_mask(pred_box, height, width), gt),
+                "gt_box_mask": intersection_union(box_mask(info["box"], height, width), gt)}
+
+
+def save_png(array, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
