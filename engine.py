@@ -161,7 +161,7 @@ def evaluate(model, data_loader, device, amp="off", desc="Eval", mask_scorer=Non
         boxes = outputs["pred_boxes"].float()
         ious = prediction_ious(boxes, batch["target"])
         confidence = segmentation_confidence(canvas_probabilities(outputs["seg_logits"], batch["img"].shape[-1]))
-        seg_logits = outputs["seg_logits"].float().cpu()
+        seg_logits = outputs["seg_logits"].float().cpu() if mask_scorer is not None else None
         for k, (index, iou, box, conf) in enumerate(zip(batch["index"].tolist(), ious.tolist(), boxes.tolist(),
                                                         confidence.tolist())):
             masks = mask_scorer(index, seg_logits[k], boxes[k].cpu()) if mask_scorer is not None else None

@@ -177,9 +177,11 @@ class GroundingDataset(Dataset):
         self.epoch = 0
         # file name -> decoded image, phrase -> token ids and mask; each loader process fills its own copy.
         self.cache = {"images": {}, "texts": {}} if cache else None
-        if not is_builtin(dataset):  # every record checked now: a bad line stops the run before it starts
-            for idx in range(len(self.entries)):
-                self._parse(idx)
+        # A JSONL dataset's records are checked and parsed once, now: a bad line stops the run before it starts, and
+        # no sample re-checks its record at every epoch.
+        self.parsed = None
+        if not is_builtin(dataset):
+            self.parsed = [self._parse(idx) for idx in range(len(self.entries))]
 
     def set_epoch(self, epoch):
         """With augment_seed, sample idx of epoch e is augmented from the seed (augment_seed, e, idx)."""
@@ -189,6 +191,8 @@ class GroundingDataset(Dataset):
         return len(self.entries)
 
     def _parse(self, idx):
+        if self.parsed is not None:
+            return self.parsed[idx]
         try:
             return parse_entry(self.entries[idx], self.dataset, self.float_boxes)
         except RecordError:
