@@ -65,7 +65,8 @@ class RandomResize:
         h, w = img.shape[:2]
         size = random.choice(self.sizes)
         ratio = size / (max(h, w) if self.long_side else min(h, w))
-        sample["img"] = resize(img, round(w * ratio), round(h * ratio))
+        # At least one pixel: a very thin image (say 4000 x 3) would otherwise round to nothing.
+        sample["img"] = resize(img, max(1, round(w * ratio)), max(1, round(h * ratio)))
         sample["box"] = sample["box"] * np.float32(ratio)
         return sample
 
@@ -284,5 +285,5 @@ def canvas_map_to_image(canvas_map, placement, image_size):
     """A [S, S] map on the canvas -> [h, w] on the original image: crop the image's rectangle, resize back."""
     w, h = image_size
     x1, y1, x2, y2 = (round(v) for v in placement.tolist())
-    region = canvas_map[y1:y2, x1:x2].float()
+    region = canvas_map[y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)].float()  # a row or column at least
     return torch.nn.functional.interpolate(region[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]

@@ -84,3 +84,20 @@ def make_demo(tmp_path_factory, seed, train, holdout):
     demo.main(["--output_dir", str(out), "--seed", str(seed), "--train", str(train), "--val", str(holdout),
                "--test", str(holdout)])
     return out
+
+
+def write_tiny_checkpoint(path, seed=0):
+    """A checkpoint of a randomly initialised tiny model for the demo's vocabulary, as train.py writes it."""
+    from datasets import build_tokenizer
+    from models import build_model
+    from utils.checkpoint import atomic_save
+    from utils.training_state import json_config, tokenizer_info
+
+    args = tiny_args("--dataset", "demo")
+    tokenizer = build_tokenizer(args)
+    args.bert_vocab_size = len(tokenizer)
+    torch.manual_seed(seed)
+    model = build_model(args)
+    atomic_save({"model": model.state_dict(), "args": json_config(args), "tokenizer": tokenizer_info(tokenizer, args),
+                 "epoch": 0}, path)
+    return path

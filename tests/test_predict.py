@@ -4,18 +4,15 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_args, write_tiny_checkpoint
 from PIL import Image
 from torch import nn
 
 import predict
 from datasets import build_tokenizer
 from datasets.transforms import canvas_to_image, eval_placement, make_transforms
-from helpers import tiny_args
-from models import build_model
 from models.predictor import SegVGPredictor
-from utils.checkpoint import atomic_save
 from utils.eval_utils import segmentation_confidence
-from utils.training_state import json_config, tokenizer_info
 
 
 def demo_args():
@@ -26,13 +23,7 @@ def demo_args():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    args = demo_args()
-    torch.manual_seed(0)
-    model = build_model(args)
-    path = tmp_path_factory.mktemp("ckpt") / "best_checkpoint.pth"
-    atomic_save({"model": model.state_dict(), "args": json_config(args),
-                 "tokenizer": tokenizer_info(build_tokenizer(args), args), "epoch": 0}, path)
-    return path
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "best_checkpoint.pth")
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +134,14 @@ def test_pairs_in_batches_equal_one_by_one_predictions(checkpoint, tmp_path, cap
         assert record["score"] == pytest.approx(alone["score"], abs=1e-4)
     assert records[0]["box"] != records[1]["box"]  # the comparison is not between identical outputs
     assert sorted(p.name for p in (tmp_path / "out" / "overlays").iterdir()) == ["0000.png", "0001.png"]
+
+
+@pytest.mark.parametrize("size", [(4000, 3), (2, 900)])
+def test_very_thin_images_are_predicted(checkpoint, size):
+    predictor = SegVGPredictor.from_checkpoint(checkpoint, "cpu")
+    result = predictor(np.full((size[1], size[0], 3), 128, np.uint8), "the dog")
+    x1, y1, x2, y2 = result["box"]
+    assert 0 <= x1 <= x2 <= size[0] and 0 <= y1 <= y2 <= size[1] and result["mask"].shape == (size[1], size[0])
 
 
 def test_bad_input_gets_clear_messages(checkpoint, image_file, tmp_path):

@@ -49,6 +49,38 @@ def draw_overlay(image, pred_box, mask=None, phrase="", confidence=None, gt_box=
     return out
 
 
+# One colour per phrase (Okabe-Ito, distinguishable with the common colour-vision deficiencies).
+PHRASE_COLOURS = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
+                  (204, 121, 167), (255, 255, 255)]
+
+
+def draw_groundings(image, boxes, masks, labels, min_width=480):
+    """Several phrases on one image, each in its own colour: image uint8 [H, W, 3] RGB; boxes xyxy in its pixels;
+    masks: bool [H, W] per box, or None to leave them out; labels: the text above each box. Small images are
+    enlarged by a whole factor (nearest neighbour), as in draw_overlay. Returns a PIL image."""
+    zoom = max(1, math.ceil(min_width / image.shape[1]))
+    canvas = image.repeat(zoom, axis=0).repeat(zoom, axis=1).astype(np.float32)
+    colours = [PHRASE_COLOURS[k % len(PHRASE_COLOURS)] for k in range(len(boxes))]
+    for mask, colour in zip(masks or [], colours):
+        region = np.asarray(mask, bool).repeat(zoom, axis=0).repeat(zoom, axis=1)
+        canvas[region] = 0.55 * canvas[region] + 0.45 * np.float32(colour)
+    img = Image.fromarray(canvas.round().astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    h, w = canvas.shape[:2]
+    thickness = max(2, round(max(h, w) / 250))
+    font = ImageFont.load_default(size=max(12, round(max(h, w) / 45)))
+    for box, label, colour in zip(boxes, labels, colours):
+        x1, y1, x2, y2 = (zoom * float(v) for v in box)
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=thickness)
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        tw, th = right - left + 6, bottom - top + 6
+        ty = y1 - th if y1 - th >= 0 else min(y1 + thickness, h - th)  # above the box unless at the top edge
+        tx = min(max(0, x1), max(0, w - tw))
+        draw.rectangle([tx, ty, tx + tw, ty + th], fill=colour)
+        draw.text((tx + 3 - left, ty + 3 - top), label, fill=(0, 0, 0), font=font)
+    return img
+
+
 @torch.inference_mode()
 def write_dataset_overlays(model, dataset, records, folder, args, device):
     """Overlays of evaluation records (utils.predictions: index, box, gt_box, iou, score), masks included, named

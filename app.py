@@ -1,0 +1,81 @@
+"""The browser demo: upload an image, type phrases, see each phrase's box and mask (docs/app.md).
+
+    pip install -r requirements-app.txt
+    python app.py                                   # the demo checkpoint of `bash train.sh`
+    python app.py --checkpoint ckpt/unc/best_checkpoint.pth --port 7861
+
+The page's work is done by utils.app_request over models.predictor.SegVGPredictor; utils.web_app lays it out.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from utils.checkpoint import CheckpointError
+
+DEMO_CHECKPOINT = "outputs/demo/best_checkpoint.pth"
+MAX_FILE_SIZE = "50mb"
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(prog="app.py", description="A browser demo of a SegVG checkpoint (Gradio).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", default=DEMO_CHECKPOINT, help="our checkpoint or an official SegVG one")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to serve on; 0.0.0.0 makes the page reachable from other machines")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cuda, cuda:N or cpu")
+    parser.add_argument("--data_root", default="data/demo",
+                        help="the demo data, whose test split gives the page's examples when it exists")
+    parser.add_argument("--examples", type=int, default=6, help="examples from the demo's test split (0: none)")
+    parser.add_argument("--bert_model", help="tokenizer of an official checkpoint: hub name or local BERT folder "
+                                             "(default: the shipped bert-base-uncased vocabulary)")
+    parser.add_argument("--vocab_file", help="WordPiece vocab.txt overriding the checkpoint's")
+    return parser
+
+
+def demo_examples(data_root, count):
+    """[image path, phrase] of the first test images of the demo data (one phrase each), or [] without the data."""
+    from datasets.grounding import image_dir, index_files, load_index, parse_entry
+
+    path = index_files(Path(data_root) / "split", "demo", "test")[0]
+    if count <= 0 or not path.is_file():
+        return []
+    examples, seen = [], set()
+    for entry in load_index(path, "demo"):
+        file_name, _, phrase, _ = parse_entry(entry, "demo")
+        if file_name not in seen:
+            seen.add(file_name)
+            examples.append([str(image_dir(data_root, "demo") / file_name), phrase])
+        if len(examples) == count:
+            break
+    return examples
+
+
+def main(argv=None):
+    opts = get_args_parser().parse_args(argv)
+    if not Path(opts.checkpoint).is_file():
+        hint = ("train the demo first with `bash train.sh`" if opts.checkpoint == DEMO_CHECKPOINT
+                else "check the path")
+        raise FileNotFoundError(f"no checkpoint at {opts.checkpoint}: {hint}, or give --checkpoint CKPT")
+    try:
+        from utils.web_app import build_app
+    except ImportError as err:
+        raise ImportError(f"{err.name or err} is missing: install the app's requirements with "
+                          f"`pip install -r requirements-app.txt`") from None
+    from models.predictor import SegVGPredictor
+
+    predictor = SegVGPredictor.from_checkpoint(opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file)
+    examples = demo_examples(opts.data_root, opts.examples)
+    app = build_app(predictor, opts.checkpoint, examples)
+    print(f"SegVG demo of {opts.checkpoint} on {predictor.device.type}: open http://{opts.host}:{opts.port}",
+          flush=True)
+    app.launch(server_name=opts.host, server_port=opts.port, share=False, ssr_mode=False, show_error=False,
+               max_file_size=MAX_FILE_SIZE, allowed_paths=[str(Path(opts.data_root))] if examples else None,
+               quiet=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (CheckpointError, FileNotFoundError, ImportError, ValueError, OSError) as err:
+        sys.exit(f"error: {err}")

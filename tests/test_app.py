@@ -1,0 +1,187 @@
+"""The browser demo: its requests (utils.app_request) directly, then the page in a real headless Chromium."""
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import free_port, write_tiny_checkpoint
+from PIL import Image
+
+import predict
+from models.predictor import SegVGPredictor
+from utils.app_request import MAX_SIDE, RequestError, ground
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "best_checkpoint.pth")
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint):
+    return SegVGPredictor.from_checkpoint(checkpoint, "cpu")
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("img") / "photo.png"
+    Image.fromarray(rng.integers(0, 255, (90, 150, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_request_answers_with_predictor_boxes_masks_and_records(predictor, photo, tmp_path):
+    out = ground(predictor, str(photo), "the red circle\n\n  the blue square  \n", 0.5, True, tmp_path / "r")
+    expected = predictor.predict([str(photo)] * 2, ["the red circle", "the blue square"])
+    assert [row[0] for row in out["rows"]] == ["the red circle", "the blue square"]
+    for row, result in zip(out["rows"], expected):
+        assert row[1:5] == pytest.approx(result["box"], abs=0.01)
+    records = [json.loads(line) for line in (tmp_path / "r" / "predictions.jsonl").read_text().splitlines()]
+    assert records == out["records"] and records[0]["image"] == "photo.png" and records[1]["mask"] == "mask_2.png"
+    for record, result in zip(records, expected):
+        mask = np.array(Image.open(tmp_path / "r" / record["mask"]))
+        assert np.array_equal(mask > 0, result["mask"] > 0.5)
+    assert out["image"].width % 150 == 0 and out["image"].height == out["image"].width // 150 * 90
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "CMYK", "P", "I;16"])
+def test_uncommon_image_modes_are_converted_and_said(predictor, tmp_path, mode):
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    image = image.convert("L").convert("I;16") if mode == "I;16" else image.convert(mode)
+    path = tmp_path / ("image.tif" if mode == "CMYK" else "image.png")
+    image.save(path)
+    out = ground(predictor, str(path), "the dog", 0.5, False, tmp_path / "r")
+    assert len(out["rows"]) == 1 and f"{mode} image converted" in out["notes"][0]
+
+
+def test_huge_image_is_downscaled_and_said(predictor, tmp_path):
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (MAX_SIDE * 2, 64), (10, 200, 30)).save(path)
+    out = ground(predictor, str(path), "the dog", 0.5, True, tmp_path / "r")
+    assert out["records"][0]["image_size"] == [MAX_SIDE, 32]
+    assert any("downscaled" in note for note in out["notes"])
+    assert all(0 <= v <= MAX_SIDE for v in out["records"][0]["box"])
+
+
+def test_long_phrase_is_cut_and_said(predictor, photo, tmp_path):
+    out = ground(predictor, str(photo), "the big red circle on the far left of the picture", 0.5, True, tmp_path)
+    assert len(out["rows"]) == 1 and any(" cut " in note for note in out["notes"])
+
+
+@pytest.mark.parametrize("image, text, message", [
+    (None, "the dog", "No image"),
+    ("photo", "  \n ", "No phrase"),
+    ("photo", "\n".join(["a"] * 9), "at most 8"),
+    ("corrupt", "the dog", "bad.png is not an image"),
+])
+def test_bad_requests_are_one_clear_message(predictor, photo, tmp_path, image, text, message):
+    (tmp_path / "bad.png").write_bytes(b"not an image" * 20)
+    path = {"photo": str(photo), "corrupt": str(tmp_path / "bad.png"), None: None}[image]
+    with pytest.raises(RequestError, match=message) as err:
+        ground(predictor, path, text, 0.5, True, tmp_path / "r")
+    assert str(tmp_path) not in str(err.value)  # never the server's folders
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The page in a real browser
+
+def start_app(checkpoint, port, data_root):
+    command = [sys.executable, "app.py", "--checkpoint", str(checkpoint), "--port", str(port), "--device", "cpu",
+               "--data_root", str(data_root)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"app.py exited: {process.stdout.read()}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+            return process
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise AssertionError("app.py did not answer within 120 s")
+
+
+def table_rows(page):
+    cells = page.eval_on_selector_all(
+        "#table [role=gridcell]", "cells => cells.map(c => [+c.dataset.row, +c.dataset.col, c.innerText.trim()])")
+    rows = {}
+    for row, col, text in cells:
+        rows.setdefault(row, {})[col] = text
+    return [[rows[r][c] for c in sorted(rows[r])] for r in sorted(rows)]
+
+
+def ground_in_page(page, image, phrases, expect):
+    if page.locator("#image button[aria-label=Clear]").count():
+        page.click("#image button[aria-label=Clear]")
+    page.set_input_files("#image input[type=file]", str(image))
+    page.fill("#phrases textarea", phrases)
+    before = page.inner_text("#status")
+    page.click("#ground")
+    page.wait_for_function("([before, expect]) => { const text = document.querySelector('#status').innerText; "
+                           "return text !== before && text.includes(expect); }", arg=[before, expect], timeout=60_000)
+    page.wait_for_timeout(500)  # the table and image render after the status
+
+
+def test_page_in_headless_chromium(checkpoint, photo, tmp_path, capsys):
+    pytest.importorskip("gradio", reason="the app's requirements: pip install -r requirements-app.txt")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -r requirements-app.txt")
+    if CHROMIUM is None:
+        pytest.skip("no chromium on PATH (Debian: apt install chromium)")
+    expected = predict.main(["--checkpoint", str(checkpoint), "--image", str(photo), "--phrase", "the red circle",
+                             "--phrase", "the blue square", "--device", "cpu"])
+    capsys.readouterr()
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"corrupt" * 50)
+    port = free_port()
+    process = start_app(checkpoint, port, tmp_path / "no_demo_data")
+    hosts = set()
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.on("request", lambda request: hosts.add(request.url.split("/")[2]))
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#ground")
+
+            ground_in_page(page, photo, "the red circle\nthe blue square", "ms for 2 phrase")
+            page.screenshot(path=tmp_path / "1_result.png", full_page=True)
+            rows = table_rows(page)
+            assert [row[0] for row in rows] == ["the red circle", "the blue square"]
+            for row, result in zip(rows, expected):
+                box = [float(v) for v in row[1:5]]
+                assert box == pytest.approx(result["box"], abs=0.01)
+                assert 0 <= box[0] <= box[2] <= 150 and 0 <= box[1] <= box[3] <= 90
+            src = page.get_attribute("#result img", "src")
+            drawn = np.array(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB")).astype(int)
+            zoom = drawn.shape[1] // 150
+            original = np.array(Image.open(photo)).repeat(zoom, 0).repeat(zoom, 1).astype(int)
+            x1, y1, x2, y2 = (round(zoom * v) for v in expected[0]["box"])
+            edge = np.abs(drawn - original).sum(-1)[y1:y2 + 1, x1:x2 + 1]
+            assert (edge[:, :2] > 0).mean() > 0.5 and (edge[-2:, :] > 0).mean() > 0.5  # the box's outline
+
+            ground_in_page(page, bad, "the dog", "Error")
+            page.screenshot(path=tmp_path / "2_corrupt.png", full_page=True)
+            assert "bad.png is not an image this app can read" in page.inner_text("#status")
+            assert "Traceback" not in page.content()
+
+            ground_in_page(page, photo, "the blue square", "ms for 1 phrase")
+            page.screenshot(path=tmp_path / "3_after_error.png", full_page=True)
+            assert [float(v) for v in table_rows(page)[0][1:5]] == pytest.approx(expected[1]["box"], abs=0.01)
+            browser.close()
+    finally:
+        process.kill()
+        process.wait()
+    assert hosts == {f"127.0.0.1:{port}"}, f"the page fetched from elsewhere: {hosts}"

@@ -1,0 +1,102 @@
+"""One request of the browser demo (app.py), without the web page: an uploaded image and phrases in; the drawing,
+table rows, downloadable files and notes out. Every mistake of the user is a RequestError whose message the page
+shows as it is."""
+import time
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from datasets.grounding import read_rgb
+from datasets.records import write_jsonl
+from utils.mask_metrics import save_png
+from utils.predictions import prediction_record
+from utils.visualize import draw_groundings
+
+MAX_SIDE = 4096  # larger uploads are downscaled first: the model sees at most imsize pixels a side anyway
+MAX_PHRASES = 8
+TABLE_HEADERS = ["phrase", "x1", "y1", "x2", "y2", "score"]
+PLAIN_MODES = {"RGB", "L", "1"}
+
+
+class RequestError(ValueError):
+    """A request the app cannot answer; the message says why and what to do."""
+
+
+def read_upload(path):
+    """The uploaded file -> (uint8 [H, W, 3] RGB, notes). The message of an unreadable file names the upload, never the
+    server's folder."""
+    if path is None:
+        raise RequestError("No image: upload one, paste one or take a photo, then press Ground.")
+    name = Path(path).name
+    try:
+        rgb = read_rgb(path)
+        with Image.open(path) as pil:
+            mode = pil.mode
+    except (ValueError, OSError):
+        raise RequestError(f"{name} is not an image this app can read: upload a PNG, JPEG, WebP, BMP, TIFF or GIF "
+                           f"file.") from None
+    notes = [] if mode in PLAIN_MODES else [f"{name}: {mode} image converted to 8-bit RGB."]
+    h, w = rgb.shape[:2]
+    if max(h, w) > MAX_SIDE:
+        scale = MAX_SIDE / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        notes.append(f"{name}: {w} x {h} pixels downscaled to {size[0]} x {size[1]}; boxes and masks refer to the "
+                     f"downscaled image.")
+    return rgb, notes
+
+
+def read_phrases(text):
+    """One phrase per line, blank lines skipped."""
+    phrases = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not phrases:
+        raise RequestError("No phrase: type the expression that refers to the object, one per line.")
+    if len(phrases) > MAX_PHRASES:
+        raise RequestError(f"{len(phrases)} phrases: give at most {MAX_PHRASES} per request.")
+    return phrases
+
+
+def predict_with_notes(predictor, rgb, phrases):
+    """The predictor's results, and its warnings (a phrase cut to the model's text length) as notes."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = predictor.predict([rgb] * len(phrases), phrases)
+    notes = [str(w.message).replace("truncated", "cut") for w in caught]
+    return results, notes
+
+
+def ground(predictor, image_path, text, mask_threshold, show_masks, out_dir):
+    """Answers one request; files (the mask PNGs, predictions.jsonl) go to out_dir, a new folder per request.
+    Returns {"image": PIL drawing, "rows": table rows, "files": paths, "notes": lines, "records": records,
+    "seconds": the model's time}."""
+    if not 0 <= mask_threshold <= 1:
+        raise RequestError(f"mask threshold {mask_threshold} is outside [0, 1].")
+    rgb, notes = read_upload(image_path)
+    phrases = read_phrases(text)
+    start = time.perf_counter()
+    results, predict_notes = predict_with_notes(predictor, rgb, phrases)
+    seconds = time.perf_counter() - start
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    image_name = Path(image_path).name
+    masks, rows, records, files = [], [], [], []
+    for k, result in enumerate(results, 1):
+        mask = result["mask"] > mask_threshold
+        masks.append(mask)
+        mask_file = out_dir / f"mask_{k}.png"
+        save_png(mask.astype(np.uint8) * 255, mask_file)
+        files.append(mask_file)
+        record = prediction_record(image_name, result["phrase"], result["box"], result["score"],
+                                   image_size=result["image_size"], mask=mask_file.name)
+        records.append(record)
+        rows.append([record["phrase"], *record["box"], record["score"]])
+    labels = [f"{k}. {phrase}" for k, phrase in enumerate(phrases, 1)]
+    drawing = draw_groundings(rgb, [r["box"] for r in records], masks if show_masks else None, labels)
+    write_jsonl(out_dir / "predictions.jsonl", records)
+    files.insert(0, out_dir / "predictions.jsonl")
+    return {"image": drawing, "rows": rows, "files": [str(f) for f in files], "notes": notes + predict_notes,
+            "records": records, "seconds": seconds}

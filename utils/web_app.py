@@ -1,0 +1,96 @@
+"""The browser demo's page (Gradio): an image and phrases in; boxes and masks drawn, a table, files to download.
+The work of a request is utils.app_request's; this module lays out the page and wires it."""
+import shutil
+import tempfile
+from itertools import count
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from utils.app_request import MAX_PHRASES, TABLE_HEADERS, RequestError, ground
+
+KEEP_REQUESTS = 16  # request folders kept on disk for their downloads; older ones are deleted
+UPLOAD_SOURCES = ["upload", "clipboard", "webcam"]
+
+
+def keep_unreadable_uploads(image):
+    """Make gr.Image hand over an uploaded file that PIL cannot open, as it is, so that the request answers a corrupt
+    file with its own message instead of a bare "Error". (An instance attribute rather than a subclass: Gradio writes
+    a .pyi stub next to the module of every component subclass.)"""
+    preprocess = image.preprocess
+
+    def tolerant(payload):
+        try:
+            return preprocess(payload)
+        except Exception:  # noqa: BLE001 (PIL raises many kinds; utils.app_request says what was wrong)
+            return str(payload.path) if payload is not None and payload.path else None
+
+    image.preprocess = tolerant
+    return image
+
+
+class RequestFolders:
+    """A new folder per request under one temporary folder; only the last KEEP_REQUESTS are kept."""
+
+    def __init__(self):
+        self.root = Path(tempfile.mkdtemp(prefix="segvg_app_"))
+        self.counter = count()
+
+    def new(self):
+        number = next(self.counter)
+        stale = self.root / f"request_{number - KEEP_REQUESTS:06d}"
+        if number >= KEEP_REQUESTS and stale.exists():
+            shutil.rmtree(stale, ignore_errors=True)
+        return self.root / f"request_{number:06d}"
+
+
+def status_text(header, notes=(), error=None):
+    lines = [header] + [f"- {note}" for note in notes]
+    if error:
+        lines.insert(0, f"**Error:** {error}")
+    return "\n".join(lines)
+
+
+def build_app(predictor, checkpoint_name, examples=()):
+    """predictor: models.predictor.SegVGPredictor; examples: [image path, phrase] pairs shown under the inputs."""
+    folders = RequestFolders()
+    header = f"checkpoint `{checkpoint_name}` on {predictor.device.type}"
+
+    def answer(image, phrases, mask_threshold, show_masks):
+        empty = pd.DataFrame(columns=TABLE_HEADERS)
+        try:
+            out = ground(predictor, image, phrases, mask_threshold, show_masks, folders.new())
+        except RequestError as err:
+            return None, empty, None, status_text(header, error=str(err))
+        timing = f"{header} · {1000 * out['seconds']:.0f} ms for {len(out['rows'])} phrase(s)"
+        return out["image"], pd.DataFrame(out["rows"], columns=TABLE_HEADERS), out["files"], status_text(
+            timing, out["notes"])
+
+    with gr.Blocks(title="SegVG grounding demo", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
+        gr.Markdown("## SegVG: find the object a phrase refers to\nUpload an image, type one or more referring "
+                    f"expressions (one per line, at most {MAX_PHRASES}) and press **Ground**.")
+        with gr.Row():
+            with gr.Column():
+                image = keep_unreadable_uploads(gr.Image(label="Image", type="filepath", image_mode=None,
+                                                         sources=UPLOAD_SOURCES, elem_id="image"))
+                phrases = gr.Textbox(label="Phrases, one per line", lines=3, placeholder="the man on the left",
+                                     elem_id="phrases")
+                with gr.Accordion("Advanced", open=False):
+                    threshold = gr.Slider(0, 1, value=predictor.mask_threshold, step=0.05, label="Mask threshold",
+                                          info="probability above which a pixel belongs to the mask")
+                    show_masks = gr.Checkbox(value=True, label="Show masks")
+                button = gr.Button("Ground", variant="primary", elem_id="ground")
+                if examples:
+                    gr.Examples([list(e) for e in examples], inputs=[image, phrases], label="Examples (demo test split)")
+            with gr.Column():
+                drawing = gr.Image(label="Result", type="pil", format="png", interactive=False, elem_id="result")
+                status = gr.Markdown(header, elem_id="status")
+                table = gr.Dataframe(pd.DataFrame(columns=TABLE_HEADERS), label="Boxes (image pixels)",
+                                     datatype=["str"] + ["number"] * 5, interactive=False, elem_id="table")
+                files = gr.File(label="Masks and prediction records", file_count="multiple", interactive=False,
+                                elem_id="files")
+        button.click(answer, [image, phrases, threshold, show_masks], [drawing, table, files, status])
+    # One request at a time: a second waits in the queue instead of competing for the same cores or GPU memory.
+    app.queue(default_concurrency_limit=1, max_size=64)
+    return app
