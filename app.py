@@ -3,6 +3,7 @@
     pip install -r requirements-app.txt
     python app.py                                   # the demo checkpoint of `bash train.sh`
     python app.py --checkpoint ckpt/unc/best_checkpoint.pth --port 7861
+    python app.py --backend onnxruntime --onnx segvg.onnx           # ONNX Runtime (docs/onnx.md)
 
 The page's work is done by utils.app_request over models.predictor.SegVGPredictor; utils.web_app lays it out.
 """
@@ -19,7 +20,8 @@ MAX_FILE_SIZE = "50mb"
 def get_args_parser():
     parser = argparse.ArgumentParser(prog="app.py", description="A browser demo of a SegVG checkpoint (Gradio).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", default=DEMO_CHECKPOINT, help="our checkpoint or an official SegVG one")
+    parser.add_argument("--checkpoint", help=f"our checkpoint or an official SegVG one (default {DEMO_CHECKPOINT}; with "
+                                             f"--backend onnxruntime: optional)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on; 0.0.0.0 makes the page reachable from other machines")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on")
@@ -30,6 +32,9 @@ def get_args_parser():
     parser.add_argument("--bert_model", help="tokenizer of an official checkpoint: hub name or local BERT folder "
                                              "(default: the shipped bert-base-uncased vocabulary)")
     parser.add_argument("--vocab_file", help="WordPiece vocab.txt overriding the checkpoint's")
+    parser.add_argument("--backend", default="pytorch", choices=["pytorch", "onnxruntime"],
+                        help="what runs the network: PyTorch, or ONNX Runtime on the --onnx export (docs/onnx.md)")
+    parser.add_argument("--onnx", help="with --backend onnxruntime: the .onnx file of tools/export_onnx.py")
     return parser
 
 
@@ -51,24 +56,34 @@ def demo_examples(data_root, count):
     return examples
 
 
+def build_predictor(opts):
+    from models.predictor import SegVGPredictor
+
+    if opts.backend == "onnxruntime":
+        if not opts.onnx:
+            raise ValueError("--backend onnxruntime needs --onnx FILE (tools/export_onnx.py writes one)")
+        return SegVGPredictor.from_onnx(opts.onnx, opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file)
+    checkpoint = opts.checkpoint or DEMO_CHECKPOINT
+    if not Path(checkpoint).is_file():
+        hint = "train the demo first with `bash train.sh`" if opts.checkpoint is None else "check the path"
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}: {hint}, or give --checkpoint CKPT")
+    return SegVGPredictor.from_checkpoint(checkpoint, opts.device, opts.bert_model, opts.vocab_file)
+
+
 def main(argv=None):
     opts = get_args_parser().parse_args(argv)
-    if not Path(opts.checkpoint).is_file():
-        hint = ("train the demo first with `bash train.sh`" if opts.checkpoint == DEMO_CHECKPOINT
-                else "check the path")
-        raise FileNotFoundError(f"no checkpoint at {opts.checkpoint}: {hint}, or give --checkpoint CKPT")
     try:
         from utils.web_app import build_app
     except ImportError as err:
         raise ImportError(f"{err.name or err} is missing: install the app's requirements with "
                           f"`pip install -r requirements-app.txt`") from None
-    from models.predictor import SegVGPredictor
-
-    predictor = SegVGPredictor.from_checkpoint(opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file)
+    predictor = build_predictor(opts)
+    name = opts.checkpoint or DEMO_CHECKPOINT
+    if opts.backend == "onnxruntime":
+        name = f"{opts.onnx} (ONNX Runtime)" + (f" with {opts.checkpoint}" if opts.checkpoint else "")
     examples = demo_examples(opts.data_root, opts.examples)
-    app = build_app(predictor, opts.checkpoint, examples)
-    print(f"SegVG demo of {opts.checkpoint} on {predictor.device.type}: open http://{opts.host}:{opts.port}",
-          flush=True)
+    app = build_app(predictor, name, examples)
+    print(f"SegVG demo of {name} on {predictor.device.type}: open http://{opts.host}:{opts.port}", flush=True)
     app.launch(server_name=opts.host, server_port=opts.port, share=False, ssr_mode=False, show_error=False,
                max_file_size=MAX_FILE_SIZE, allowed_paths=[str(Path(opts.data_root))] if examples else None,
                quiet=True)

@@ -22,11 +22,12 @@ from datasets.records import write_jsonl
 from engine import evaluate, format_stats, summarize_results
 from models.inference import prepare_for_inference
 from models.loading import load_from_checkpoint
+from models.onnx_runtime import OnnxModelError, OnnxRuntimeModel
 from utils.checkpoint import CheckpointError
 from utils.distributed import destroy_process_group, get_rank, get_world_size, init_distributed_mode, is_main_process
-from utils.options import AMP_CHOICES
 from utils.eval_utils import MASK_THRESHOLD
 from utils.mask_metrics import MaskScorer
+from utils.options import AMP_CHOICES
 from utils.predictions import evaluation_records, worst_and_best
 from utils.runtime import compile_model, enable_tf32, limit_opencv_threads
 from utils.samplers import ShardSampler
@@ -74,10 +75,26 @@ def get_args_parser():
     run.add_argument("--amp", default="off", choices=AMP_CHOICES, help="autocast precision")
     run.add_argument("--compile", action="store_true", help="torch.compile the model (docs/performance.md)")
     run.add_argument("--tf32", action="store_true", help="TF32 matrix products on Ampere+ GPUs")
+    run.add_argument("--backend", default="pytorch", choices=["pytorch", "onnxruntime"],
+                     help="what runs the network: PyTorch, or ONNX Runtime on the CPU with the --onnx export of this "
+                          "checkpoint (docs/onnx.md)")
+    run.add_argument("--onnx", help="with --backend onnxruntime: the .onnx file of tools/export_onnx.py")
     run.add_argument("--plain_inference", action="store_true",
                      help="run the model as trained, without the fast path (BatchNorm folded into the "
                           "convolutions, channels-last CNN), whose outputs differ only by float rounding")
     return parser
+
+
+def onnxruntime_model(path, args):
+    """The export run by ONNX Runtime in place of the PyTorch model; it must be this checkpoint's configuration."""
+    if not path:
+        raise ValueError("--backend onnxruntime needs --onnx FILE (tools/export_onnx.py writes one)")
+    network = OnnxRuntimeModel(path)
+    for key in ("imsize", "max_query_len"):
+        if network.config[key] != getattr(args, key):
+            raise OnnxModelError(f"{path} was exported with {key} {network.config[key]}, the checkpoint has "
+                                 f"{getattr(args, key)}: export this checkpoint")
+    return network
 
 
 def main(opts):
@@ -87,13 +104,16 @@ def main(opts):
     device = torch.device(opts.device)
     overrides = {key: getattr(opts, key) for key in DATA_FLAGS if getattr(opts, key) is not None}
     model, tokenizer, args, official = load_from_checkpoint(opts.checkpoint, overrides)
-    model.to(device)
-    if not opts.plain_inference:
-        prepare_for_inference(model)
-    if opts.tf32:
-        enable_tf32()
-    if opts.compile:
-        compile_model(model, device)
+    if opts.backend == "onnxruntime":
+        model, device = onnxruntime_model(opts.onnx, args), torch.device("cpu")
+    else:
+        model.to(device)
+        if not opts.plain_inference:
+            prepare_for_inference(model)
+        if opts.tf32:
+            enable_tf32()
+        if opts.compile:
+            compile_model(model, device)
 
     dataset = build_dataset(opts.eval_set, args, tokenizer)
     loader = DataLoader(dataset, batch_size=opts.batch_size, sampler=ShardSampler(len(dataset), get_rank(),
@@ -108,7 +128,8 @@ def main(opts):
     start = time.time()
     results = evaluate(model, loader, device, opts.amp, desc=f"Eval {opts.eval_set}", mask_scorer=scorer)
     stats = summarize_results(results, dataset)
-    print(f"{args.dataset} {opts.eval_set} ({'official' if official else 'our'} checkpoint {opts.checkpoint}):")
+    backend = f", ONNX Runtime on {opts.onnx}" if opts.backend == "onnxruntime" else ""
+    print(f"{args.dataset} {opts.eval_set} ({'official' if official else 'our'} checkpoint {opts.checkpoint}{backend}):")
     print(format_stats(stats))
     print(f"Evaluation time {datetime.timedelta(seconds=int(time.time() - start))}")
     if is_main_process():
@@ -118,8 +139,8 @@ def main(opts):
 
 def write_outputs(opts, args, model, dataset, results, stats, device, output_dir, scorer):
     output_dir.mkdir(parents=True, exist_ok=True)
-    report = {"checkpoint": str(opts.checkpoint), "dataset": args.dataset, "eval_set": opts.eval_set,
-              "mask_threshold": opts.mask_threshold, **stats}
+    report = {"checkpoint": str(opts.checkpoint), "backend": opts.backend, "onnx": opts.onnx, "dataset": args.dataset,
+              "eval_set": opts.eval_set, "mask_threshold": opts.mask_threshold, **stats}
     (output_dir / f"eval_{args.dataset}_{opts.eval_set}.json").write_text(json.dumps(report, indent=1))
     with (output_dir / "eval_log.txt").open("a") as f:
         f.write(json.dumps(report) + "\n")

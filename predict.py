@@ -31,7 +31,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 def get_args_parser():
     parser = argparse.ArgumentParser(prog="predict.py", description="Ground phrases in images with a SegVG checkpoint.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="our checkpoint or an official SegVG one")
+    parser.add_argument("--checkpoint", help="our checkpoint or an official SegVG one (with --backend onnxruntime: "
+                                             "optional, the configuration and tokenizer to use)")
     inputs = parser.add_argument_group("inputs (one of --image, --images or --pairs)")
     inputs.add_argument("--image", help="image file (with one or more --phrase)")
     inputs.add_argument("--images", help="a folder or a glob pattern of images: each is grounded with every --phrase")
@@ -60,6 +61,9 @@ def get_args_parser():
     run.add_argument("--vocab_file", help="WordPiece vocab.txt overriding the checkpoint's")
     run.add_argument("--plain_inference", action="store_true",
                      help="run the model as trained (no BatchNorm folding, no channels-last CNN)")
+    run.add_argument("--backend", default="pytorch", choices=["pytorch", "onnxruntime"],
+                     help="what runs the network: PyTorch, or ONNX Runtime on the --onnx export (docs/onnx.md)")
+    run.add_argument("--onnx", help="with --backend onnxruntime: the .onnx file of tools/export_onnx.py")
     return parser
 
 
@@ -124,14 +128,26 @@ def predict_all(predictor, pairs, batch_size):
             yield from ((k, loaded[pairs[k][0]], result) for k, result in zip(chunk, results))
 
 
+def build_predictor(opts):
+    if opts.backend == "onnxruntime":
+        return SegVGPredictor.from_onnx(opts.onnx, opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file,
+                                        mask_threshold=opts.mask_threshold)
+    return SegVGPredictor.from_checkpoint(opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file,
+                                          fast=not opts.plain_inference, mask_threshold=opts.mask_threshold)
+
+
 def main(argv=None):
-    opts = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    opts = parser.parse_args(argv)
+    if opts.backend == "onnxruntime" and not opts.onnx:
+        parser.error("--backend onnxruntime needs --onnx FILE (tools/export_onnx.py writes one)")
+    if opts.backend == "pytorch" and (opts.onnx or not opts.checkpoint):
+        parser.error("give --checkpoint CKPT" if not opts.onnx else "--onnx needs --backend onnxruntime")
     pairs = read_inputs(opts)
     check_outputs(opts)
     warnings.simplefilter("always")
     warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"
-    predictor = SegVGPredictor.from_checkpoint(opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file,
-                                               fast=not opts.plain_inference, mask_threshold=opts.mask_threshold)
+    predictor = build_predictor(opts)
     output_dir = Path(opts.output_dir) if opts.output_dir else None
     overlays = dict(enumerate(overlay_paths(opts.out, len(pairs)))) if opts.out else {}
     if output_dir is not None:
@@ -171,5 +187,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
+    except (CheckpointError, FileNotFoundError, ValueError) as err:  # OnnxModelError is a ValueError
         sys.exit(f"error: {err}")

@@ -19,11 +19,12 @@ from torchvision.ops import box_convert
 from datasets.grounding import read_rgb
 from datasets.tokenizer import encode_text
 from datasets.transforms import canvas_map_to_image, canvas_to_image, make_transforms
+from utils.checkpoint import safe_load
 from utils.eval_utils import MASK_THRESHOLD, canvas_probabilities, segmentation_confidence
 from utils.runtime import resolve_device
 
 from .inference import prepare_for_inference
-from .loading import load_from_checkpoint
+from .loading import load_from_checkpoint, resolve_config, tokenizer_from_checkpoint
 
 
 def load_rgb(image):
@@ -65,6 +66,25 @@ class SegVGPredictor:
         if fast:  # the model is ours alone: fold it in place instead of a copy
             prepare_for_inference(model)
         return cls(model, tokenizer, args, resolve_device(device), fast=False, mask_threshold=mask_threshold)
+
+    @classmethod
+    def from_onnx(cls, onnx_path, checkpoint=None, device="auto", bert_model=None, vocab_file=None,
+                  mask_threshold=MASK_THRESHOLD):
+        """The network of an ONNX export run by ONNX Runtime (models.onnx_runtime); the configuration and
+        tokenizer come from checkpoint when given, else from the export's metadata."""
+        from .onnx_runtime import OnnxModelError, OnnxRuntimeModel
+
+        network = OnnxRuntimeModel(onnx_path, resolve_device(device))
+        overrides = {key: value for key, value in (("bert_model", bert_model), ("vocab_file", vocab_file)) if value}
+        source = safe_load(checkpoint) if checkpoint else {"model": {}, "args": network.config,
+                                                            "tokenizer": {"vocab": network.vocab}}
+        args, _ = resolve_config(source, overrides)
+        for key in ("imsize", "max_query_len"):
+            if getattr(args, key) != network.config[key]:
+                raise OnnxModelError(f"{onnx_path} was exported with {key} {network.config[key]}, but {checkpoint} "
+                                     f"has {getattr(args, key)}: export this checkpoint, or drop --checkpoint")
+        tokenizer = tokenizer_from_checkpoint(source, args, overrides)
+        return cls(network, tokenizer, args, "cpu", fast=False, mask_threshold=mask_threshold)
 
     def encode(self, text):
         if not isinstance(text, str) or not text.strip():

@@ -1,0 +1,184 @@
+"""ONNX Runtime vs the PyTorch fast path: parity and latency of the full-size model, optionally ORT's dynamic int8
+quantisation and the demo's test accuracy through each backend (docs/onnx.md).
+
+    python -m benchmarks.bench_onnx                       # full size (ResNet-101, BERT-base, 640, L = 40)
+    python -m benchmarks.bench_onnx --quantize --demo_checkpoint outputs/demo/best_checkpoint.pth
+    python -m benchmarks.bench_onnx --small               # a small model: a smoke run
+
+The full-size model has parity case A's weights (tools/parity_recipe.py, deterministic, official layout). Each
+(backend, batch) latency runs in a fresh process: load, 2 warm-up calls, --repeats timed calls of the network alone on
+a generated batch (preprocessing and tokenization are the same for both backends); --rounds rounds alternate the
+backends, and the table gives the median (min-max) over all rounds.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--backbone", "resnet18", "--imsize", "256", "--bert_layers", "4", "--enc_layers", "2",
+         "--vl_enc_layers", "2", "--vl_dec_layers", "2", "--max_query_len", "20"]
+BACKENDS = ("pytorch", "onnxruntime")
+
+
+def write_checkpoint(path, model_flags):
+    """A checkpoint of the benchmark's model: parity case A's weights at full size, else a seeded random init."""
+    import torch
+
+    from datasets import build_tokenizer
+    from models import build_model
+    from tools.parity_recipe import official_state_dict
+    from utils.checkpoint import (
+        atomic_save,
+        load_official_checkpoint,
+        ours_to_official,
+        safe_load,
+    )
+    from utils.options import build_training_parser
+    from utils.training_state import json_config, tokenizer_info
+
+    args = build_training_parser().parse_args(["--bert_init", "random", *model_flags])
+    torch.manual_seed(0)
+    model = build_model(args)
+    if not model_flags:
+        recipe = safe_load(ROOT / "tests" / "data" / "case_A.pt")["recipe"]
+        layout = {ours_to_official(k): v.shape for k, v in model.state_dict().items()}
+        load_official_checkpoint(model, {"model": official_state_dict(recipe["weight_seed"], layout)})
+    atomic_save({"model": model.state_dict(), "args": json_config(args),
+                 "tokenizer": tokenizer_info(build_tokenizer(args), args), "epoch": 0}, path)
+
+
+def worker(opts):
+    """One (backend, batch) latency in this process; prints a JSON line."""
+    import torch
+
+    from models.inference import prepare_for_inference
+    from models.loading import load_from_checkpoint
+    from models.onnx_export import example_inputs, parity_phrases
+    from models.onnx_runtime import OnnxRuntimeModel
+
+    model, tokenizer, args, _ = load_from_checkpoint(opts.checkpoint)
+    phrases = parity_phrases(args)[1:]
+    inputs = example_inputs(args, tokenizer, [phrases[k % 2] for k in range(opts.batch)])
+    network = OnnxRuntimeModel(opts.onnx) if opts.backend != "pytorch" else prepare_for_inference(model)
+
+    def call():
+        with torch.inference_mode():
+            return network(*inputs, aux=False)
+
+    for _ in range(2):
+        call()
+    times = []
+    for _ in range(opts.repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"times": times}))
+
+
+def run_worker(opts, backend, batch, onnx_path):
+    command = [sys.executable, "-m", "benchmarks.bench_onnx", "--worker", "--backend", backend, "--batch", str(batch),
+               "--checkpoint", str(opts.work_dir / "model.pth"), "--onnx", str(onnx_path), "--repeats",
+               str(opts.repeats)]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"{backend} batch {batch} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+    return json.loads(lines[-1])["times"]
+
+
+def run_tool(command):
+    """A script of the project as a subprocess; its output echoed; returns it."""
+    proc = subprocess.run([sys.executable, *command], capture_output=True, text=True, cwd=ROOT, check=False)
+    print(proc.stdout.strip())
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed: {proc.stderr.strip()[-800:]}")
+    return proc.stdout
+
+
+def quantize(onnx_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = onnx_path.with_suffix(".int8.onnx")
+    # Matrix products only: ORT's dynamically quantised convolutions (ConvInteger) are slower than float ones on CPU.
+    quantize_dynamic(str(onnx_path), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    return out
+
+
+def demo_accuracy(opts, backends):
+    """The demo test split evaluated through each backend with eval.py; -> {backend: Acc@0.5}."""
+    onnx_path = opts.work_dir / "demo.onnx"
+    run_tool(["tools/export_onnx.py", "--checkpoint", opts.demo_checkpoint, "--out", str(onnx_path)])
+    paths = {"onnxruntime": onnx_path}
+    if "onnxruntime_int8" in backends:
+        paths["onnxruntime_int8"] = quantize(onnx_path)
+    accuracy = {}
+    for backend in backends:
+        out_dir = opts.work_dir / f"eval_{backend}"
+        command = ["eval.py", "--checkpoint", opts.demo_checkpoint, "--eval_set", "test", "--output_dir", str(out_dir),
+                   "--no_mask_metrics", "--num_workers", "0"]
+        if backend != "pytorch":
+            command += ["--backend", "onnxruntime", "--onnx", str(paths[backend])]
+        run_tool(command)
+        accuracy[backend] = json.loads((out_dir / "eval_demo_test.json").read_text())["accu"]
+    return accuracy
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_onnx", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes to time")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per process, after 2 warm-up calls")
+    parser.add_argument("--rounds", type=int, default=2, help="processes per (backend, batch), alternating backends")
+    parser.add_argument("--quantize", action="store_true", help="also ORT's dynamic int8 quantisation of the export")
+    parser.add_argument("--demo_checkpoint", default="",
+                        help="also the demo test split's Acc@0.5 through each backend (eval.py)")
+    parser.add_argument("--small", action="store_true", help="a small model (smoke run), not the paper's")
+    parser.add_argument("--work_dir", type=Path, default=Path("outputs/bench_onnx"),
+                        help="folder for the checkpoint, the exports and the evaluations")
+    parser.add_argument("--worker", action="store_true", help="(internal) time one backend in this process")
+    parser.add_argument("--backend", help="(internal) the worker's backend")
+    parser.add_argument("--batch", type=int, help="(internal) the worker's batch size")
+    parser.add_argument("--checkpoint", help="(internal) the worker's checkpoint")
+    parser.add_argument("--onnx", help="(internal) the worker's ONNX file")
+    return parser
+
+
+def main(argv=None):
+    opts = get_args_parser().parse_args(argv)
+    if opts.worker:
+        return worker(opts)
+    opts.work_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint, onnx_path = opts.work_dir / "model.pth", opts.work_dir / "model.onnx"
+    write_checkpoint(checkpoint, SMALL if opts.small else [])
+    start = time.perf_counter()
+    run_tool(["tools/export_onnx.py", "--checkpoint", str(checkpoint), "--out", str(onnx_path)])
+    print(f"export and check: {time.perf_counter() - start:.0f} s")
+    paths = {"pytorch": onnx_path, "onnxruntime": onnx_path}
+    if opts.quantize:
+        paths["onnxruntime_int8"] = quantize(onnx_path)
+    times = {(backend, batch): [] for backend in paths for batch in opts.batches}
+    for round_ in range(opts.rounds):
+        order = list(paths) if round_ % 2 == 0 else list(reversed(paths))
+        for batch in opts.batches:
+            for backend in order:
+                times[backend, batch] += run_worker(opts, backend, batch, paths[backend])
+    print(f"\nLatency of the network call, seconds: median (min-max) of {opts.rounds} x {opts.repeats} calls")
+    print("| backend | " + " | ".join(f"batch {b}" for b in opts.batches) + " | ratio to PyTorch |")
+    print("|---|" + "---|" * (len(opts.batches) + 1))
+    for backend in paths:
+        cells = [f"{statistics.median(times[backend, b]):.3f} ({min(times[backend, b]):.3f}-"
+                 f"{max(times[backend, b]):.3f})" for b in opts.batches]
+        ratios = " / ".join(f"{statistics.median(times[backend, b]) / statistics.median(times['pytorch', b]):.2f}"
+                            for b in opts.batches)
+        print(f"| {backend} | " + " | ".join(cells) + f" | {ratios} |")
+    if opts.demo_checkpoint:
+        accuracy = demo_accuracy(opts, list(paths))
+        print("\nDemo test Acc@0.5: " + ", ".join(f"{k} {v:.4f}" for k, v in accuracy.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The inference graph as ONNX (tools/export_onnx.py): image, its padding mask, token ids and attention mask in;
+the box and the evaluation segmentation logits out. The configuration and the vocabulary go into the file's
+metadata, so that models.onnx_runtime needs nothing else (docs/onnx.md)."""
+import json
+import logging
+import warnings
+
+import torch
+from torch import nn
+
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from utils.training_state import json_config
+
+INPUT_NAMES = ["image", "image_mask", "text_ids", "text_mask"]
+OUTPUT_NAMES = ["pred_boxes", "seg_logits"]
+DEFAULT_OPSET = 18
+
+
+class InferenceGraph(nn.Module):
+    """The model with plain tensor inputs and a tuple out: what the exporter traces."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image, image_mask, text_ids, text_mask):
+        out = self.model(image, image_mask, text_ids, text_mask, aux=False)
+        return out["pred_boxes"], out["seg_logits"]  # [B, 4] cx, cy, w, h on the canvas; [B, g, g]
+
+
+def example_inputs(args, tokenizer, phrases, seed=0):
+    """A batch of len(phrases): random image content on the canvas (the first image pasted smaller, so that its
+    padding mask marks a border), the phrases tokenized as the predictor does (an empty phrase is [CLS] [SEP])."""
+    from datasets.tokenizer import encode_text
+
+    g = torch.Generator().manual_seed(seed)
+    size, batch = args.imsize, len(phrases)
+    image = torch.randn(batch, 3, size, size, generator=g)
+    image_mask = torch.zeros(batch, size, size, dtype=torch.bool)
+    image[0, :, size * 3 // 4:] = 0
+    image_mask[0, size * 3 // 4:] = True
+    encoded = [encode_text(tokenizer, phrase.lower(), args.max_query_len) for phrase in phrases]
+    text_ids = torch.tensor([ids for ids, _ in encoded])
+    text_mask = torch.tensor([mask for _, mask in encoded])
+    return image, image_mask, text_ids, text_mask
+
+
+def metadata(args, tokenizer):
+    """Everything a consumer needs besides the graph: sizes, normalisation, the configuration and vocabulary."""
+    vocab = tokenizer.get_vocab()
+    return {"segvg_imsize": str(args.imsize), "segvg_max_query_len": str(args.max_query_len),
+            "segvg_mean": json.dumps(list(IMAGENET_MEAN)), "segvg_std": json.dumps(list(IMAGENET_STD)),
+            "segvg_tokenizer": args.vocab_file or args.bert_model, "segvg_lower_case": "true",
+            "segvg_boxes": "sigmoid cx, cy, w, h on the imsize x imsize canvas",
+            "segvg_config": json.dumps(json_config(args)),
+            "segvg_vocab": "\n".join(sorted(vocab, key=vocab.get))}
+
+
+def export_onnx(model, args, tokenizer, path, opset=DEFAULT_OPSET, batch="dynamic"):
+    """Writes the inference graph of model (already prepared for inference) to path; batch "dynamic" or a size."""
+    import onnx
+
+    fixed = None if batch == "dynamic" else int(batch)
+    inputs = example_inputs(args, tokenizer, ["a", "the object on the left"] if fixed is None else ["a"] * fixed)
+    dynamic_shapes = None
+    if fixed is None:
+        batch_dim = torch.export.Dim("batch", min=1, max=1024)
+        dynamic_shapes = ({0: batch_dim}, {0: batch_dim}, {0: batch_dim}, {0: batch_dim})
+    graph = InferenceGraph(model).eval()
+    # The exporter's optimiser logs every constant it leaves unfolded; only its errors are worth printing.
+    quiet = logging.getLogger("onnxscript")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+            program = torch.onnx.export(graph, inputs, dynamo=True, opset_version=opset, input_names=INPUT_NAMES,
+                                        output_names=OUTPUT_NAMES, dynamic_shapes=dynamic_shapes,
+                                        external_data=False, verbose=False)
+    finally:
+        quiet.setLevel(level)
+    proto = program.model_proto
+    for key, value in metadata(args, tokenizer).items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto, full_check=True)
+    from utils.checkpoint import atomic_write
+
+    atomic_write(path, lambda f: f.write(proto.SerializeToString()))
+    return path
+
+
+def parity_phrases(args):
+    """The phrases the export is checked on: an empty one, a typical one, and one that fills the text length."""
+    return ["", "the object on the left", " ".join(["red"] * args.max_query_len)]
+
+
+@torch.no_grad()
+def compare_with_onnxruntime(model, args, tokenizer, path, batches=(1, 3), seed=1):
+    """ONNX Runtime vs model (the same prepared model that was exported) on generated batches. Returns the largest
+    absolute differences: "boxes" (canvas units, 0-1) and "probabilities" (of the segmentation map)."""
+    from .onnx_runtime import OnnxRuntimeModel
+
+    network = OnnxRuntimeModel(path)
+    phrases = parity_phrases(args)
+    worst = {"boxes": 0.0, "probabilities": 0.0}
+    for batch in batches:
+        inputs = example_inputs(args, tokenizer, [phrases[k % len(phrases)] for k in range(batch)], seed + batch)
+        expected = model(*inputs, aux=False)
+        got = network(*inputs)
+        worst["boxes"] = max(worst["boxes"], (got["pred_boxes"] - expected["pred_boxes"]).abs().max().item())
+        prob = (got["seg_logits"].sigmoid() - expected["seg_logits"].sigmoid()).abs().max().item()
+        worst["probabilities"] = max(worst["probabilities"], prob)
+    return worst

@@ -1,0 +1,61 @@
+"""An exported SegVG (models.onnx_export) run by ONNX Runtime, called like the PyTorch model, so that
+SegVGPredictor swaps only the network call (--backend onnxruntime)."""
+import json
+from pathlib import Path
+
+import torch
+
+from .onnx_export import INPUT_NAMES
+
+
+class OnnxModelError(ValueError):
+    """An .onnx file that is missing, unreadable or not a SegVG export; the message says what to do."""
+
+
+def _session(path, device):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise OnnxModelError("onnxruntime is not installed: pip install -r requirements-onnx.txt") from None
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxModelError(f"ONNX model {path} not found: export one with `python tools/export_onnx.py "
+                             f"--checkpoint CKPT --out {path}`")
+    providers = ["CPUExecutionProvider"]
+    if torch.device(device).type == "cuda":
+        providers.insert(0, "CUDAExecutionProvider")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: the CUDA provider's fall-back notes are not ours to print
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as err:  # noqa: BLE001 (ORT raises its own exception types for every kind of bad file)
+        raise OnnxModelError(f"cannot load ONNX model {path} ({type(err).__name__}: {str(err)[:300]}); export it "
+                             f"again with tools/export_onnx.py") from None
+
+
+class OnnxRuntimeModel:
+    """model(image, image_mask, text_ids, text_mask, aux=False) -> {"pred_boxes", "seg_logits"} through ONNX Runtime.
+    metadata: the export's configuration ("segvg_config", a dict) and vocabulary ("segvg_vocab", token list)."""
+
+    def __init__(self, path, device="cpu"):
+        self.path = Path(path)
+        self.session = _session(path, device)
+        props = self.session.get_modelmeta().custom_metadata_map
+        names = [i.name for i in self.session.get_inputs()]
+        if names != INPUT_NAMES or "segvg_config" not in props:
+            raise OnnxModelError(f"{path} is not a SegVG export (inputs {names}): export it with "
+                                 f"tools/export_onnx.py")
+        self.config = json.loads(props["segvg_config"])
+        self.vocab = props["segvg_vocab"].split("\n")
+        self.device = torch.device("cpu")  # inputs and outputs cross as NumPy arrays on the host
+
+    def eval(self):
+        return self
+
+    def to(self, device):
+        return self
+
+    def __call__(self, image, image_mask, text_ids, text_mask, aux=False):
+        feeds = dict(zip(INPUT_NAMES, (image.float(), image_mask.bool(), text_ids.long(), text_mask.long())))
+        boxes, seg_logits = self.session.run(None, {k: v.cpu().numpy() for k, v in feeds.items()})
+        return {"pred_boxes": torch.from_numpy(boxes), "seg_logits": torch.from_numpy(seg_logits)}

@@ -1,0 +1,124 @@
+"""ONNX export and the ONNX Runtime backend on a small model: the export checks out, ONNX Runtime agrees with
+PyTorch within the stated tolerances, predictions through either backend are the same records, and bad files are
+one clear error."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("onnxruntime", reason="pip install -r requirements-onnx.txt")
+pytest.importorskip("onnxscript", reason="pip install -r requirements-onnx.txt")
+
+from helpers import write_tiny_checkpoint
+
+import predict
+from models.onnx_runtime import OnnxModelError, OnnxRuntimeModel
+from models.predictor import SegVGPredictor
+from tools import export_onnx
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx")
+    checkpoint = write_tiny_checkpoint(folder / "best_checkpoint.pth")
+    assert export_onnx.main(["--checkpoint", str(checkpoint), "--out", str(folder / "segvg.onnx")]) == 0
+    return checkpoint, folder / "segvg.onnx"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    folder = tmp_path_factory.mktemp("photos")
+    for k, (h, w) in enumerate([(90, 150), (64, 64), (120, 40)]):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"{k}.png")
+    return folder
+
+
+def test_export_writes_metadata_and_checks_against_pytorch(exported, capsys):
+    import onnx
+
+    _, path = exported
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["segvg_imsize"] == "64" and meta["segvg_max_query_len"] == "8"
+    assert json.loads(meta["segvg_config"])["dataset"] == "demo" and meta["segvg_vocab"].split("\n")[0] == "[PAD]"
+    assert [i.name for i in proto.graph.input] == ["image", "image_mask", "text_ids", "text_mask"]
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value  # dynamic batch
+
+
+def test_onnxruntime_matches_pytorch_within_tolerance(exported):
+    from models.inference import prepare_for_inference
+    from models.loading import load_from_checkpoint
+    from models.onnx_export import compare_with_onnxruntime
+
+    checkpoint, path = exported
+    model, tokenizer, args, _ = load_from_checkpoint(checkpoint)
+    worst = compare_with_onnxruntime(prepare_for_inference(model, channels_last=False), args, tokenizer, path,
+                                     batches=(1, 2, 5))
+    assert worst["boxes"] <= export_onnx.BOX_TOLERANCE and worst["probabilities"] <= export_onnx.PROBABILITY_TOLERANCE
+    assert worst["boxes"] > 0 or worst["probabilities"] > 0  # two runtimes really ran
+
+
+def test_a_different_model_fails_the_comparison(exported, tmp_path):
+    """The comparison can fail: the export of another model's weights does not match this one."""
+    from models.inference import prepare_for_inference
+    from models.loading import load_from_checkpoint
+    from models.onnx_export import compare_with_onnxruntime
+
+    _, path = exported
+    other = write_tiny_checkpoint(tmp_path / "other.pth", seed=1)
+    model, tokenizer, args, _ = load_from_checkpoint(other)
+    worst = compare_with_onnxruntime(prepare_for_inference(model, channels_last=False), args, tokenizer, path)
+    assert worst["boxes"] > export_onnx.BOX_TOLERANCE
+
+
+@pytest.mark.parametrize("with_checkpoint", [True, False])
+def test_predict_records_equal_across_backends(exported, photos, tmp_path, with_checkpoint, capsys):
+    checkpoint, path = exported
+    # The second phrase is longer than the text length: it is cut alike.
+    common = ["--images", str(photos), "--phrase", "the red circle", "--phrase",
+              "the object on the left of the big blue square", "--json"]
+    torch_results = predict.main(["--checkpoint", str(checkpoint), *common])
+    onnx_args = ["--backend", "onnxruntime", "--onnx", str(path)] + (["--checkpoint", str(checkpoint)]
+                                                                      if with_checkpoint else [])
+    onnx_results = predict.main([*onnx_args, *common])
+    assert len(torch_results) == len(onnx_results) == 6
+    for a, b in zip(torch_results, onnx_results):
+        assert a["phrase"] == b["phrase"] and a["image_size"] == b["image_size"]
+        assert np.abs(np.subtract(a["box"], b["box"])).max() <= 0.011  # records round to 0.01 pixel
+        assert np.abs(a["mask"] - b["mask"]).max() <= export_onnx.PROBABILITY_TOLERANCE
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(records) == 12 and records[0].keys() == records[6].keys()
+
+
+def test_missing_or_corrupt_onnx_is_one_clear_error(exported, tmp_path):
+    checkpoint, _ = exported
+    with pytest.raises(OnnxModelError, match="not found: export one with"):
+        SegVGPredictor.from_onnx(tmp_path / "absent.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07garbage" * 100)
+    with pytest.raises(OnnxModelError, match="cannot load ONNX model .*corrupt.onnx"):
+        SegVGPredictor.from_onnx(corrupt, checkpoint)
+
+
+def test_cli_asks_for_the_onnx_file(capsys):
+    for argv in (["--backend", "onnxruntime"], ["--onnx", "segvg.onnx", "--checkpoint", "c.pth"], []):
+        with pytest.raises(SystemExit):
+            predict.main([*argv, "--image", "x.png", "--phrase", "a"])
+        assert "--onnx" in capsys.readouterr().err or "--checkpoint" in capsys.readouterr().err
+
+
+def test_app_serves_the_onnx_backend(exported, photos):
+    import app
+
+    checkpoint, path = exported
+    predictor = app.build_predictor(app.get_args_parser().parse_args(["--backend", "onnxruntime", "--onnx", str(path)]))
+    assert isinstance(predictor.model, OnnxRuntimeModel)
+    reference = SegVGPredictor.from_checkpoint(checkpoint, "cpu")
+    image = str(photos / "0.png")
+    got, expected = predictor(image, "the red circle")["box"], reference(image, "the red circle")["box"]
+    assert np.abs(np.subtract(got, expected)).max() <= 0.011
+    with pytest.raises(ValueError, match="needs --onnx"):
+        app.build_predictor(app.get_args_parser().parse_args(["--backend", "onnxruntime"]))

@@ -1,0 +1,67 @@
+"""Export a SegVG checkpoint's inference graph to ONNX and check it against PyTorch with ONNX Runtime (docs/onnx.md).
+
+    pip install -r requirements-onnx.txt
+    python tools/export_onnx.py --checkpoint outputs/demo/best_checkpoint.pth --out segvg.onnx
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.inference import prepare_for_inference
+from models.loading import load_from_checkpoint
+from models.onnx_export import DEFAULT_OPSET, compare_with_onnxruntime, export_onnx
+from models.onnx_runtime import OnnxModelError
+from utils.checkpoint import CheckpointError
+
+BOX_TOLERANCE = 1e-4
+PROBABILITY_TOLERANCE = 1e-3
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(prog="tools/export_onnx.py", description="Export a SegVG checkpoint to ONNX.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="our checkpoint or an official SegVG one")
+    parser.add_argument("--out", required=True, help="the .onnx file to write")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
+    parser.add_argument("--batch", default="dynamic", help="'dynamic', or a fixed batch size")
+    parser.add_argument("--bert_model", help="tokenizer of an official checkpoint: hub name or local BERT folder "
+                                             "(default: the shipped bert-base-uncased vocabulary)")
+    parser.add_argument("--vocab_file", help="WordPiece vocab.txt overriding the checkpoint's")
+    parser.add_argument("--no_check", action="store_true",
+                        help="skip the comparison with PyTorch (ONNX's checker still runs)")
+    return parser
+
+
+def main(argv=None):
+    opts = get_args_parser().parse_args(argv)
+    if opts.batch != "dynamic" and not (opts.batch.isdigit() and int(opts.batch) > 0):
+        raise ValueError(f"--batch must be 'dynamic' or a positive integer, got {opts.batch!r}")
+    overrides = {key: value for key, value in (("bert_model", opts.bert_model), ("vocab_file", opts.vocab_file))
+                 if value}
+    model, tokenizer, args, _ = load_from_checkpoint(opts.checkpoint, overrides)
+    model = prepare_for_inference(model, channels_last=False)
+    start = time.perf_counter()
+    export_onnx(model, args, tokenizer, opts.out, opts.opset, opts.batch)
+    size = Path(opts.out).stat().st_size / 2 ** 20
+    print(f"wrote {opts.out} ({size:.1f} MiB, opset {opts.opset}, batch {opts.batch}, image {args.imsize} x "
+          f"{args.imsize}, {args.max_query_len} tokens) in {time.perf_counter() - start:.0f} s; ONNX checker passed")
+    if opts.no_check:
+        return 0
+    batches = (1, 3) if opts.batch == "dynamic" else (int(opts.batch),)
+    worst = compare_with_onnxruntime(model, args, tokenizer, opts.out, batches)
+    ok = worst["boxes"] <= BOX_TOLERANCE and worst["probabilities"] <= PROBABILITY_TOLERANCE
+    print(f"ONNX Runtime vs PyTorch, batches {', '.join(map(str, batches))} (an empty, a typical and a full-length "
+          f"phrase): max |box difference| {worst['boxes']:.2e} (tolerance {BOX_TOLERANCE:.0e}), max |probability "
+          f"difference| {worst['probabilities']:.2e} (tolerance {PROBABILITY_TOLERANCE:.0e}): "
+          f"{'passed' if ok else 'FAILED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (CheckpointError, OnnxModelError, FileNotFoundError, ValueError) as err:
+        sys.exit(f"error: {err}")
