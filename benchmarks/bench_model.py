@@ -10,12 +10,12 @@ Every (figure, variant, checkout) runs in a fresh process with random weights (f
 from one forward pass, see calibrate_frozen_batchnorm), so its peak memory is its own
 (VmHWM on CPU, torch.cuda.max_memory_allocated on GPU); times are the median, min and max of --repeats
 measurements after warm-up, pooled over --rounds rounds that alternate the checkouts. Figures:
-  infer1, infer8   evaluation forward (inference mode) at batch 1 / 8, the checkout's inference path
-  train2           one training step at batch 2: forward, loss, backward (+ clip 0.1), AdamW step
+  infer1, infer8   evaluation forward (inference mode) at batch 1 / 8, the checkout's inference path (any inferN)
+  train2           one training step at batch 2: forward, loss, backward (+ clip 0.1), AdamW step (any trainN)
   loss2            the loss alone, forward + backward at batch 2 (memory: above the inputs)
-Variants: fp32, bf16 (autocast), channels_last (CNN), checkpoint (--checkpoint_activations, train2 only),
-compile (model.compile(); the first call's time is reported as compile time), plain (inference without the fast
-path). A variant a checkout does not support is reported as n/a. --allocator runs the workers under glibc's
+Variants: fp32 (on CUDA with TF32 off, also in cuDNN), bf16 (autocast), tf32 (CUDA), channels_last (CNN),
+checkpoint (--checkpoint_activations, training only), compile (model.compile(); the first call's time is reported
+as compile time), plain (inference without the fast path); several join with + (bf16+compile). A variant a checkout does not support is reported as n/a. --allocator runs the workers under glibc's
 defaults, glibc tunables that keep freed memory (glibc_tuned) or return every freed block (glibc_release), or
 jemalloc (LD_PRELOAD), to measure what the allocator gives.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("infer1", "infer8", "train2", "loss2")
-VARIANTS = ("fp32", "bf16", "channels_last", "checkpoint", "compile", "plain")
+VARIANTS = ("fp32", "bf16", "tf32", "channels_last", "checkpoint", "compile", "plain")
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 ALLOCATORS = {
     "glibc": {},
@@ -76,13 +76,16 @@ def worker(opts):
     device = torch.device(opts.device)
     cuda = device.type == "cuda"
     args = train.get_args_parser().parse_args(["--bert_init", "random", "--device", opts.device] + opts.model_args)
-    if opts.variant == "checkpoint":
+    parts = set(opts.variant.split("+"))
+    if device.type == "cuda":  # fp32 means fp32: cuDNN would otherwise run convolutions in TF32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = "tf32" in parts
+    if "checkpoint" in parts:
         if not hasattr(args, "checkpoint_activations"):
             return {"na": "no --checkpoint_activations in this checkout"}
         args.checkpoint_activations = True
-    batch = {"infer1": 1, "infer8": 8, "train2": 2, "loss2": 2}[opts.figure]
+    batch = figure_batch(opts.figure)
     inputs = make_inputs(torch, args, batch, device)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.variant == "bf16")
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in parts)
 
     def sync():
         if cuda:
@@ -121,11 +124,11 @@ def worker(opts):
     model = build_model(args).to(device)
     calibrate_frozen_batchnorm(torch, model, inputs)
     if opts.figure.startswith("infer"):
-        fast = opts.variant != "plain" and prepare_fast_path(model)
-        if opts.variant == "plain" and not hasattr(model.visual.backbone, "set_channels_last"):
+        fast = "plain" not in parts and prepare_fast_path(model)
+        if "plain" in parts and not hasattr(model.visual.backbone, "set_channels_last"):
             return {"na": "this checkout has no fast path: its default is the plain model"}
         model.eval()
-        if opts.variant == "channels_last" and not fast:
+        if "channels_last" in parts and not fast:
             use_channels_last(torch, model, inputs)
         compile_seconds = maybe_compile(torch, model, opts, lambda: model(*model_args(inputs), aux=False), sync)
         times = []
@@ -139,7 +142,7 @@ def worker(opts):
         result = {"total": times, "fast_path": bool(fast)}
     else:
         model.train()
-        if opts.variant == "channels_last":
+        if "channels_last" in parts:
             use_channels_last(torch, model, inputs)
         criterion = build_criterion(args)
         optimizer = train.build_optimizer(model, args)
@@ -236,7 +239,7 @@ def use_channels_last(torch, model, inputs):
 
 def maybe_compile(torch, model, opts, first_call, sync):
     """model.compile() and the time of its first (compiling) call, for the compile variant."""
-    if opts.variant != "compile":
+    if "compile" not in opts.variant.split("+"):
         return None
     model.compile()
     t0 = time.perf_counter()
@@ -292,7 +295,7 @@ def describe(result, figure):
     if "error" in result:
         return "error: " + result["error"], ""
     text = fmt_time(result["total"]) + " s"
-    if figure == "train2":
+    if figure.startswith("train"):
         text += " = " + " / ".join(f"{statistics.median(result[k]):.2f}" for k in ("fwd", "loss", "bwd", "opt"))
     if "compile_s" in result:
         text += f", compile {result['compile_s']:.0f} s"
@@ -310,12 +313,31 @@ def ratio(ours, theirs, key):
     return f"{ours[mem] / max(theirs[mem], 1):.2f}"
 
 
+def figure_batch(figure):
+    return 2 if figure == "loss2" else int(figure.removeprefix("infer").removeprefix("train"))
+
+
+def figure_name(text):
+    if text != "loss2" and not (text[:5] in ("infer", "train") and text[5:].isdigit() and int(text[5:]) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected inferN, trainN (N a batch size) or loss2")
+    return text
+
+
+def variant_name(text):
+    unknown = set(text.split("+")) - set(VARIANTS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: unknown {', '.join(sorted(unknown))}; known: {', '.join(VARIANTS)}")
+    return text
+
+
 def get_args_parser():
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_model", description=__doc__.splitlines()[0])
-    parser.add_argument("--figures", nargs="+", default=list(FIGURES), choices=FIGURES,
-                        help="what to measure: inference at batch 1 / 8, a training step at batch 2, the loss alone")
-    parser.add_argument("--variants", nargs="+", default=["fp32", "bf16"], choices=VARIANTS,
-                        help="precision and speed options measured for each figure")
+    parser.add_argument("--figures", nargs="+", default=list(FIGURES), type=figure_name,
+                        help="what to measure: inferN (inference at batch N), trainN (a training step at batch N), "
+                             "loss2 (the loss alone)")
+    parser.add_argument("--variants", nargs="+", default=["fp32", "bf16"], type=variant_name,
+                        help=f"precision and speed options measured for each figure, one of {', '.join(VARIANTS)} or "
+                             f"several joined by + (bf16+compile)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per process, after warm-up")
     parser.add_argument("--rounds", type=int, default=2, help="processes per figure and checkout, interleaved")
     parser.add_argument("--compare", default="", help="another checkout of this project to run the same figures on")
@@ -354,8 +376,9 @@ def main(argv=None):
     for allocator in opts.allocator:
         for figure in opts.figures:
             for variant in opts.variants:
-                if variant == "checkpoint" and figure != "train2" or variant == "plain" and not figure.startswith(
-                        "infer") or variant != "fp32" and figure == "loss2":  # the loss always runs in fp32
+                parts = set(variant.split("+"))
+                if "checkpoint" in parts and not figure.startswith("train") or "plain" in parts and not \
+                        figure.startswith("infer") or variant != "fp32" and figure == "loss2":  # the loss is fp32
                     continue
                 runs = {name: [] for name in checkouts}
                 for r in range(opts.rounds):

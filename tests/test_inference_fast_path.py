@@ -23,15 +23,18 @@ def randomize_norms(model, seed=0):
             module.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("norm", ["frozen", "batch"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fast_path_gives_the_model_outputs(norm, channels_last):
+def test_fast_path_gives_the_model_outputs(norm, channels_last, device):
+    from engine import to_device
+
     args = tiny_args("--backbone_norm", norm)
     torch.manual_seed(0)
     model = build_model(args)
     randomize_norms(model)
-    model.eval()
-    batch = synthetic_batch(args)
+    model.eval().to(device)
+    batch = to_device(synthetic_batch(args), device)
     with torch.no_grad():
         expected = model(*model_inputs(batch))
     norms = sum(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in model.modules())

@@ -35,13 +35,15 @@ def terms_and_grad(fn, seg, pos_region, weights):
     (3, 2, 5, 2, 4, 64, 40.0),    # saturated: p rounds to 0 and 1, the log clamp and the 1e-12 floor act
     (4, 6, 5, 2, 20, 640, 3.0),   # the paper's canvas: several chunks per sample
 ])
-def test_terms_and_gradients_match_the_direct_formulation(seed, layers, queries, batch, grid, size, scale):
+@pytest.mark.device
+def test_terms_and_gradients_match_the_direct_formulation(seed, layers, queries, batch, grid, size, scale, device):
     seg, pos_region, _, _ = random_case(seed, layers, queries, batch, grid, size, scale)
+    seg, pos_region = seg.to(device), pos_region.to(device)
     if batch > 1:
         pos_region[-1] = False  # an empty box
     if batch > 2:
         pos_region[0] = True  # a box covering the whole canvas
-    weights = torch.randn(3, layers, queries, batch, generator=torch.Generator().manual_seed(seed + 100))
+    weights = torch.randn(3, layers, queries, batch, generator=torch.Generator().manual_seed(seed + 100)).to(device)
     ours, grad = terms_and_grad(segmentation_terms, seg, pos_region, weights)
     ref, grad_ref = terms_and_grad(segmentation_terms_direct, seg, pos_region, weights)
     for name, a, b in zip(("focal", "dice", "pos_factor"), ours, ref):

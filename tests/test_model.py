@@ -137,12 +137,14 @@ def test_configuration_errors_are_clear():
         build_model(tiny_args("--enc_layers", "3"))
 
 
-def test_backward_reaches_every_trainable_parameter(model):
+@pytest.mark.device
+def test_backward_reaches_every_trainable_parameter(model, device):
+    from engine import to_device
     from utils.losses import build_criterion
 
     args = tiny_args()
-    batch = synthetic_batch(args)
-    model = copy.deepcopy(model).train()
+    batch = to_device(synthetic_batch(args), device)
+    model = copy.deepcopy(model).train().to(device)
     for m in model.modules():  # deterministic: dropout off, training branch on
         if isinstance(m, nn.Dropout):
             m.p = 0.0
@@ -158,23 +160,25 @@ def test_backward_reaches_every_trainable_parameter(model):
     assert all(model.get_parameter(n).grad.abs().max() < 1e-6 for n in key_bias)
 
 
-def test_bf16_autocast_forward_and_backward_agree_with_fp32(model):
+@pytest.mark.device
+def test_bf16_autocast_forward_and_backward_agree_with_fp32(model, device):
     """bf16 autocast keeps the loss in fp32 and stays within bf16's precision of the fp32 run. Tolerances from four
     seeds of this configuration: losses differed by at most 1.8 % (bound 4 %), final boxes by 0.013 of the canvas
     (bound 0.03), the whole gradient's cosine similarity to fp32's was 0.92-0.98 (bound 0.85)."""
+    from engine import to_device
     from utils.losses import build_criterion
 
     args = tiny_args()
-    batch = synthetic_batch(args)
+    batch = to_device(synthetic_batch(args), device)
     criterion = build_criterion(args)
-    model = copy.deepcopy(model).train()
+    model = copy.deepcopy(model).train().to(device)
     for m in model.modules():  # no dropout: the two runs must see the same network
         if isinstance(m, nn.Dropout):
             m.p = 0.0
     runs = {}
     for name, enabled in (("fp32", False), ("bf16", True)):
         model.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
             out = model(*model_inputs(batch))
         losses = criterion(out, batch["target"], batch["pos_region"])
         losses["loss"].backward()

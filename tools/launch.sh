@@ -1,5 +1,6 @@
 # Sourced by train.sh and test.sh: `launch script.py args...` runs one process with plain python, or several
-# with torchrun and a static rendezvous, from NPROC, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT and PYTHON.
+# with torchrun and a static rendezvous, from NPROC, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT and PYTHON
+# (TORCHRUN=1: torchrun even for one process, e.g. to exercise the process group on one GPU).
 # SIGTERM and SIGUSR1 sent to this shell (a scheduler's preemption notice, SLURM's --signal=B:USR1@120) are passed
 # on to the Python processes -- under torchrun to its workers, since torchrun itself dies of SIGUSR1 -- which
 # then save a checkpoint and exit with status 128 + the signal's number (train.py: docs/training.md).
@@ -23,10 +24,11 @@ launch() {
     if single_process; then
         "$PYTHON" "$@" &
     else
-        torchrun --nproc_per_node "$NPROC" --nnodes "$NNODES" --node_rank "${NODE_RANK:-0}" \
+        "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" --nnodes "$NNODES" --node_rank "${NODE_RANK:-0}" \
             --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" "$@" &
     fi
     pid=$!
+    FORWARDED=""
     trap "forward_signal TERM $pid" TERM
     trap "forward_signal USR1 $pid" USR1
     # wait returns early when a trapped signal arrives: wait again until the process has ended.
@@ -36,14 +38,20 @@ launch() {
         kill -0 "$pid" 2>/dev/null || break
     done
     trap - TERM USR1
+    # torchrun reports a worker that stopped on a forwarded signal as a failure (1); give the status plain python
+    # gives, 128 + the signal's number, so that a requeue script sees a preemption either way.
+    if [ -n "$FORWARDED" ] && [ "$status" -ne 0 ]; then
+        status=$((128 + $(kill -l "$FORWARDED")))
+    fi
     return "$status"
 }
 
 single_process() {
-    [ "$NPROC" -eq 1 ] && [ "$NNODES" -eq 1 ]
+    [ "${TORCHRUN:-0}" != 1 ] && [ "$NPROC" -eq 1 ] && [ "$NNODES" -eq 1 ]
 }
 
 forward_signal() {
+    FORWARDED=$1
     if single_process; then
         kill -"$1" "$2" 2>/dev/null || true
     else

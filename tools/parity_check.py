@@ -76,7 +76,7 @@ def record_intermediates(model):
     def hook(*names):
         def fn(_module, _inputs, output):
             for name in names:
-                store[name] = to_original_layout(name, output).detach()
+                store[name] = to_original_layout(name, output).detach().cpu()
         return fn
 
     stages = len(model.triple_alignment)
@@ -127,6 +127,8 @@ def get_args_parser():
     parser = argparse.ArgumentParser(prog="tools/parity_check.py", description=__doc__.splitlines()[0])
     parser.add_argument("--case", required=True, help="parity case file (e.g. tests/data/case_A.pt)")
     parser.add_argument("--verbose", action="store_true", help="print every intermediate's difference")
+    parser.add_argument("--device", default="cpu",
+                        help="where the model runs (cpu, cuda, cuda:N); on CUDA in full fp32, TF32 off")
     parser.add_argument("--report_bf16", action="store_true",
                         help="also print how far the fast path under bf16 autocast is from the case (no tolerance)")
     return parser
@@ -135,11 +137,18 @@ def get_args_parser():
 def main(argv=None):
     opts = get_args_parser().parse_args(argv)
     with torch.no_grad():
-        return run(opts.case, opts.verbose, opts.report_bf16)
+        return run(opts.case, opts.verbose, opts.report_bf16, torch.device(opts.device))
 
 
-def run(case_path, verbose=False, report_bf16=False):
+def on_cpu(out):
+    return {k: v.float().cpu() for k, v in out.items()}
+
+
+def run(case_path, verbose=False, report_bf16=False, device=torch.device("cpu")):
     """Compare this implementation with one case; returns the exit status (0: within every tolerance)."""
+    if device.type == "cuda":  # the case is fp32: no TF32 in convolutions (cuDNN's default) or matrix products
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     case = safe_load(case_path)
     recipe = case["recipe"]
     model, criterion = build_parity_model(recipe)
@@ -151,6 +160,8 @@ def run(case_path, verbose=False, report_bf16=False):
     batch = make_batch(recipe["batch_seed"], recipe["text_lengths"], recipe["boxes_xyxy"], recipe["imsize"],
                        tuple(recipe["content_hw"]), recipe["max_query_len"])
     verify_checksums("inputs", checksums(batch), case["input_checksums"])
+    batch = {k: v.to(device) for k, v in batch.items()}
+    model.to(device)
     inputs = (batch["img"], batch["img_mask"].bool(), batch["text_ids"], batch["text_mask"])
 
     failures, report = [], []
@@ -163,7 +174,7 @@ def run(case_path, verbose=False, report_bf16=False):
 
     model.eval()
     store, handles = record_intermediates(model)
-    out = model(*inputs, aux=False)
+    out = on_cpu(model(*inputs, aux=False))
     for handle in handles:
         handle.remove()
     ref = case["eval"]
@@ -173,13 +184,13 @@ def run(case_path, verbose=False, report_bf16=False):
     # The inference fast path of eval.py and predict.py: BatchNorm folded, channels-last CNN.
     fast = prepare_for_inference(copy.deepcopy(model))
     with torch.inference_mode():
-        out = fast(*inputs, aux=False)
+        out = on_cpu(fast(*inputs, aux=False))
     check("fast path pred_boxes [6,B,4]", (out["aux_boxes"] - ref["pred_boxes"]).abs().max().item(), TOL_BOX)
     check("fast path seg_prob [B,400]",
           (out["seg_logits"].flatten(1).sigmoid() - ref["seg_prob"]).abs().max().item(), TOL_BOX)
     if report_bf16:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            out = fast(*inputs, aux=False)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+            out = on_cpu(fast(*inputs, aux=False))
         report.append(f"info fast path under bf16 autocast: boxes max abs diff "
                       f"{(out['aux_boxes'].float() - ref['pred_boxes']).abs().max().item():.3e}, last layer "
                       f"{(out['pred_boxes'].float() - ref['pred_boxes'][-1]).abs().max().item():.3e}, seg_prob "
@@ -192,6 +203,7 @@ def run(case_path, verbose=False, report_bf16=False):
         out = model(*inputs, aux=True)
         losses = criterion(out, batch["target"], batch["pos_region"])
         losses["loss"].backward()
+    out = on_cpu({k: v.detach() for k, v in out.items()})
     check("train pred_boxes [6,B,4]", (out["aux_boxes"] - ref["pred_boxes"]).abs().max().item(), TOL_BOX)
     seg = out["aux_seg_logits"].flatten(-2)
     check("train seg_logits [6,5,B,400]", (seg - ref["seg_logits"]).abs().max().item(), TOL_SEG_LOGITS)
