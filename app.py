@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from utils.checkpoint import CheckpointError
+from utils.options import add_backend_flags, add_tokenizer_flags
 
 DEMO_CHECKPOINT = "outputs/demo/best_checkpoint.pth"
 MAX_FILE_SIZE = "50mb"
@@ -29,12 +30,8 @@ def get_args_parser():
     parser.add_argument("--data_root", default="data/demo",
                         help="the demo data, whose test split gives the page's examples when it exists")
     parser.add_argument("--examples", type=int, default=6, help="examples from the demo's test split (0: none)")
-    parser.add_argument("--bert_model", help="tokenizer of an official checkpoint: hub name or local BERT folder "
-                                             "(default: the shipped bert-base-uncased vocabulary)")
-    parser.add_argument("--vocab_file", help="WordPiece vocab.txt overriding the checkpoint's")
-    parser.add_argument("--backend", default="pytorch", choices=["pytorch", "onnxruntime"],
-                        help="what runs the network: PyTorch, or ONNX Runtime on the --onnx export (docs/onnx.md)")
-    parser.add_argument("--onnx", help="with --backend onnxruntime: the .onnx file of tools/export_onnx.py")
+    add_tokenizer_flags(parser)
+    add_backend_flags(parser)
     return parser
 
 

@@ -27,7 +27,7 @@ from utils.checkpoint import CheckpointError
 from utils.distributed import destroy_process_group, get_rank, get_world_size, init_distributed_mode, is_main_process
 from utils.eval_utils import MASK_THRESHOLD
 from utils.mask_metrics import MaskScorer
-from utils.options import AMP_CHOICES
+from utils.options import AMP_CHOICES, add_backend_flags, add_tokenizer_flags
 from utils.predictions import evaluation_records, worst_and_best
 from utils.runtime import compile_model, enable_tf32, limit_opencv_threads
 from utils.samplers import ShardSampler
@@ -65,8 +65,7 @@ def get_args_parser():
     data.add_argument("--dataset", help="dataset of --eval_set: a built-in one or a JSONL dataset's name")
     data.add_argument("--data_root", help="image root")
     data.add_argument("--split_root", help="folder holding <dataset>/<dataset>_<split>.pth")
-    data.add_argument("--bert_model", help="tokenizer of an official checkpoint: hub name or local BERT folder")
-    data.add_argument("--vocab_file", help="WordPiece vocab.txt to tokenize with instead of the checkpoint's")
+    add_tokenizer_flags(data)
     run = parser.add_argument_group("run")
     run.add_argument("--batch_size", default=32, type=int, help="samples per process and forward pass")
     run.add_argument("--num_workers", default=4, type=int, help="DataLoader worker processes per process")
@@ -75,10 +74,7 @@ def get_args_parser():
     run.add_argument("--amp", default="off", choices=AMP_CHOICES, help="autocast precision")
     run.add_argument("--compile", action="store_true", help="torch.compile the model (docs/performance.md)")
     run.add_argument("--tf32", action="store_true", help="TF32 matrix products on Ampere+ GPUs")
-    run.add_argument("--backend", default="pytorch", choices=["pytorch", "onnxruntime"],
-                     help="what runs the network: PyTorch, or ONNX Runtime on the CPU with the --onnx export of this "
-                          "checkpoint (docs/onnx.md)")
-    run.add_argument("--onnx", help="with --backend onnxruntime: the .onnx file of tools/export_onnx.py")
+    add_backend_flags(run, cpu_only=True)
     run.add_argument("--plain_inference", action="store_true",
                      help="run the model as trained, without the fast path (BatchNorm folded into the "
                           "convolutions, channels-last CNN), whose outputs differ only by float rounding")

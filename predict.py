@@ -22,6 +22,7 @@ from models.predictor import SegVGPredictor, load_rgb
 from utils.checkpoint import CheckpointError
 from utils.eval_utils import MASK_THRESHOLD
 from utils.mask_metrics import save_png
+from utils.options import add_backend_flags, add_tokenizer_flags
 from utils.predictions import prediction_record, read_pairs
 from utils.visualize import draw_overlay
 
@@ -56,14 +57,10 @@ def get_args_parser():
     run = parser.add_argument_group("run")
     run.add_argument("--batch_size", type=int, default=16, help="pairs per forward pass")
     run.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cuda, cuda:N or cpu")
-    run.add_argument("--bert_model", help="tokenizer of an official checkpoint: hub name or local BERT folder "
-                                          "(default: the shipped bert-base-uncased vocabulary)")
-    run.add_argument("--vocab_file", help="WordPiece vocab.txt overriding the checkpoint's")
+    add_tokenizer_flags(run)
     run.add_argument("--plain_inference", action="store_true",
                      help="run the model as trained (no BatchNorm folding, no channels-last CNN)")
-    run.add_argument("--backend", default="pytorch", choices=["pytorch", "onnxruntime"],
-                     help="what runs the network: PyTorch, or ONNX Runtime on the --onnx export (docs/onnx.md)")
-    run.add_argument("--onnx", help="with --backend onnxruntime: the .onnx file of tools/export_onnx.py")
+    add_backend_flags(run)
     return parser
 
 

@@ -101,3 +101,13 @@ def write_tiny_checkpoint(path, seed=0):
     atomic_save({"model": model.state_dict(), "args": json_config(args), "tokenizer": tokenizer_info(tokenizer, args),
                  "epoch": 0}, path)
     return path
+
+
+def noise_image(path, width=150, height=90, seed=0):
+    """A random RGB image file (its format from the suffix)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+    return path

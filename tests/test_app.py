@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import free_port, write_tiny_checkpoint
+from helpers import free_port, noise_image, write_tiny_checkpoint
 from PIL import Image
 
 import predict
@@ -34,10 +34,7 @@ def predictor(checkpoint):
 
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("img") / "photo.png"
-    Image.fromarray(rng.integers(0, 255, (90, 150, 3), dtype=np.uint8)).save(path)
-    return path
+    return noise_image(tmp_path_factory.mktemp("img") / "photo.png")
 
 
 def test_request_answers_with_predictor_boxes_masks_and_records(predictor, photo, tmp_path):

@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_args, write_tiny_checkpoint
+from helpers import noise_image, tiny_args, write_tiny_checkpoint
 from PIL import Image
 from torch import nn
 
@@ -28,10 +28,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image_file(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("img") / "photo.jpg"
-    Image.fromarray(rng.integers(0, 255, (90, 150, 3), dtype=np.uint8)).save(path)
-    return path
+    return noise_image(tmp_path_factory.mktemp("img") / "photo.jpg")
 
 
 class CanvasBoxModel(nn.Module):

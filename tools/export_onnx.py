@@ -15,6 +15,7 @@ from models.loading import load_from_checkpoint
 from models.onnx_export import DEFAULT_OPSET, compare_with_onnxruntime, export_onnx
 from models.onnx_runtime import OnnxModelError
 from utils.checkpoint import CheckpointError
+from utils.options import add_tokenizer_flags
 
 BOX_TOLERANCE = 1e-4
 PROBABILITY_TOLERANCE = 1e-3
@@ -27,9 +28,7 @@ def get_args_parser():
     parser.add_argument("--out", required=True, help="the .onnx file to write")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
     parser.add_argument("--batch", default="dynamic", help="'dynamic', or a fixed batch size")
-    parser.add_argument("--bert_model", help="tokenizer of an official checkpoint: hub name or local BERT folder "
-                                             "(default: the shipped bert-base-uncased vocabulary)")
-    parser.add_argument("--vocab_file", help="WordPiece vocab.txt overriding the checkpoint's")
+    add_tokenizer_flags(parser)
     parser.add_argument("--no_check", action="store_true",
                         help="skip the comparison with PyTorch (ONNX's checker still runs)")
     return parser

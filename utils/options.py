@@ -23,6 +23,21 @@ class FlagsFileParser(argparse.ArgumentParser):
         return [] if not line or line.startswith("#") else shlex.split(line)
 
 
+def add_tokenizer_flags(parser):
+    """--bert_model / --vocab_file of the scripts that load a checkpoint (an official one needs a tokenizer)."""
+    parser.add_argument("--bert_model", help="tokenizer of an official checkpoint: hub name or local BERT folder "
+                                             "(default: the shipped bert-base-uncased vocabulary)")
+    parser.add_argument("--vocab_file", help="WordPiece vocab.txt overriding the checkpoint's")
+
+
+def add_backend_flags(parser, cpu_only=False):
+    """--backend / --onnx: PyTorch, or ONNX Runtime on an export of tools/export_onnx.py (docs/onnx.md)."""
+    where = " on the CPU" if cpu_only else ""
+    parser.add_argument("--backend", default="pytorch", choices=["pytorch", "onnxruntime"],
+                        help=f"what runs the network: PyTorch, or ONNX Runtime{where} on the --onnx export")
+    parser.add_argument("--onnx", help="with --backend onnxruntime: the .onnx file of tools/export_onnx.py")
+
+
 def model_flags():
     """Names of the flags that define the model (the "model: ..." groups): what a --pretrained checkpoint sets."""
     parser = build_training_parser()
