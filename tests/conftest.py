@@ -15,6 +15,9 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def device(request):
     device = torch.device(request.config.getoption("--device"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        pytest.skip("--device cuda given, but CUDA is not available")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("--device cuda given, but CUDA is not available")
+        # fp32 comparisons in fp32: cuDNN runs convolutions in TF32 by default on Ampere and newer.
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     return device

@@ -36,7 +36,7 @@ def forward_backward(model, batch, criterion):
 
 def test_forward_and_backward_match_the_cpu(device):
     """fp32 on the device vs the CPU: outputs within 1e-4, losses within 1e-5 relative, every gradient tensor within
-    1e-3 of its largest value (TF32 is off unless --tf32, so these are float rounding differences)."""
+    1e-3 of its largest value (the device fixture turns TF32 off, so these are float rounding differences)."""
     if device.type == "cpu":
         pytest.skip("compares --device with the CPU: run with --device cuda")
     args = tiny_args()
