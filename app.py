@@ -57,8 +57,6 @@ def build_predictor(opts):
     from models.predictor import SegVGPredictor
 
     if opts.backend == "onnxruntime":
-        if not opts.onnx:
-            raise ValueError("--backend onnxruntime needs --onnx FILE (tools/export_onnx.py writes one)")
         return SegVGPredictor.from_onnx(opts.onnx, opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file)
     checkpoint = opts.checkpoint or DEMO_CHECKPOINT
     if not Path(checkpoint).is_file():

@@ -22,7 +22,7 @@ from datasets.records import write_jsonl
 from engine import evaluate, format_stats, summarize_results
 from models.inference import prepare_for_inference
 from models.loading import load_from_checkpoint
-from models.onnx_runtime import OnnxModelError, OnnxRuntimeModel
+from models.onnx_runtime import OnnxRuntimeModel
 from utils.checkpoint import CheckpointError
 from utils.distributed import destroy_process_group, get_rank, get_world_size, init_distributed_mode, is_main_process
 from utils.eval_utils import MASK_THRESHOLD
@@ -81,18 +81,6 @@ def get_args_parser():
     return parser
 
 
-def onnxruntime_model(path, args):
-    """The export run by ONNX Runtime in place of the PyTorch model; it must be this checkpoint's configuration."""
-    if not path:
-        raise ValueError("--backend onnxruntime needs --onnx FILE (tools/export_onnx.py writes one)")
-    network = OnnxRuntimeModel(path)
-    for key in ("imsize", "max_query_len"):
-        if network.config[key] != getattr(args, key):
-            raise OnnxModelError(f"{path} was exported with {key} {network.config[key]}, the checkpoint has "
-                                 f"{getattr(args, key)}: export this checkpoint")
-    return network
-
-
 def main(opts):
     """Evaluate; returns the summary (Acc@0.5 as "accu", "accu@0.75", "miou", "count", per type on the demo)."""
     init_distributed_mode(opts)
@@ -101,7 +89,8 @@ def main(opts):
     overrides = {key: getattr(opts, key) for key in DATA_FLAGS if getattr(opts, key) is not None}
     model, tokenizer, args, official = load_from_checkpoint(opts.checkpoint, overrides)
     if opts.backend == "onnxruntime":
-        model, device = onnxruntime_model(opts.onnx, args), torch.device("cpu")
+        model, device = OnnxRuntimeModel(opts.onnx), torch.device("cpu")
+        model.check_matches(args, opts.checkpoint)
     else:
         model.to(device)
         if not opts.plain_inference:

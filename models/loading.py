@@ -18,6 +18,11 @@ RUN_KEYS = {"output_dir", "device", "batch_size", "num_workers", "resume", "auto
 OFFICIAL_SKIP = RUN_KEYS | {"data_root", "split_root", "detr_model", "bert_model", "vocab_file"}
 
 
+def tokenizer_overrides(bert_model=None, vocab_file=None):
+    """The --bert_model / --vocab_file given, as resolve_config overrides."""
+    return {key: value for key, value in (("bert_model", bert_model), ("vocab_file", vocab_file)) if value}
+
+
 def resolve_config(checkpoint, overrides=None):
     """The training defaults <- the checkpoint's configuration <- overrides ({flag: value}, e.g. the --data_root of
     a command line). Returns (args, official)."""

@@ -8,7 +8,9 @@ import warnings
 import torch
 from torch import nn
 
+from datasets.tokenizer import encode_text
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from utils.checkpoint import atomic_write
 from utils.training_state import json_config
 
 INPUT_NAMES = ["image", "image_mask", "text_ids", "text_mask"]
@@ -31,8 +33,6 @@ class InferenceGraph(nn.Module):
 def example_inputs(args, tokenizer, phrases, seed=0):
     """A batch of len(phrases): random image content on the canvas (the first image pasted smaller, so that its
     padding mask marks a border), the phrases tokenized as the predictor does (an empty phrase is [CLS] [SEP])."""
-    from datasets.tokenizer import encode_text
-
     g = torch.Generator().manual_seed(seed)
     size, batch = args.imsize, len(phrases)
     image = torch.randn(batch, 3, size, size, generator=g)
@@ -83,8 +83,6 @@ def export_onnx(model, args, tokenizer, path, opset=DEFAULT_OPSET, batch="dynami
     for key, value in metadata(args, tokenizer).items():
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto, full_check=True)
-    from utils.checkpoint import atomic_write
-
     atomic_write(path, lambda f: f.write(proto.SerializeToString()))
     return path
 

@@ -17,6 +17,8 @@ def _session(path, device):
         import onnxruntime as ort
     except ImportError:
         raise OnnxModelError("onnxruntime is not installed: pip install -r requirements-onnx.txt") from None
+    if not path:
+        raise OnnxModelError("--backend onnxruntime needs --onnx FILE (tools/export_onnx.py writes one)")
     path = Path(path)
     if not path.is_file():
         raise OnnxModelError(f"ONNX model {path} not found: export one with `python tools/export_onnx.py "
@@ -38,8 +40,8 @@ class OnnxRuntimeModel:
     metadata: the export's configuration ("segvg_config", a dict) and vocabulary ("segvg_vocab", token list)."""
 
     def __init__(self, path, device="cpu"):
-        self.path = Path(path)
         self.session = _session(path, device)
+        self.path = Path(path)
         props = self.session.get_modelmeta().custom_metadata_map
         names = [i.name for i in self.session.get_inputs()]
         if names != INPUT_NAMES or "segvg_config" not in props:
@@ -47,7 +49,14 @@ class OnnxRuntimeModel:
                                  f"tools/export_onnx.py")
         self.config = json.loads(props["segvg_config"])
         self.vocab = props["segvg_vocab"].split("\n")
-        self.device = torch.device("cpu")  # inputs and outputs cross as NumPy arrays on the host
+
+    def check_matches(self, args, source):
+        """The export must have the image size and text length of args, the configuration of source (a checkpoint):
+        its position tables fix both."""
+        for key in ("imsize", "max_query_len"):
+            if self.config[key] != getattr(args, key):
+                raise OnnxModelError(f"{self.path} was exported with {key} {self.config[key]}, but {source} has "
+                                     f"{getattr(args, key)}: export {source} again")
 
     def eval(self):
         return self

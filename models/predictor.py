@@ -24,7 +24,7 @@ from utils.eval_utils import MASK_THRESHOLD, canvas_probabilities, segmentation_
 from utils.runtime import resolve_device
 
 from .inference import prepare_for_inference
-from .loading import load_from_checkpoint, resolve_config, tokenizer_from_checkpoint
+from .loading import load_from_checkpoint, resolve_config, tokenizer_from_checkpoint, tokenizer_overrides
 
 
 def load_rgb(image):
@@ -61,7 +61,7 @@ class SegVGPredictor:
                         mask_threshold=MASK_THRESHOLD):
         """Rebuild from a checkpoint alone (ours or an official one; fast: the inference fast path of
         models.inference). bert_model / vocab_file choose the tokenizer of an official checkpoint."""
-        overrides = {key: value for key, value in (("bert_model", bert_model), ("vocab_file", vocab_file)) if value}
+        overrides = tokenizer_overrides(bert_model, vocab_file)
         model, tokenizer, args, _ = load_from_checkpoint(path, overrides)
         if fast:  # the model is ours alone: fold it in place instead of a copy
             prepare_for_inference(model)
@@ -72,17 +72,15 @@ class SegVGPredictor:
                   mask_threshold=MASK_THRESHOLD):
         """The network of an ONNX export run by ONNX Runtime (models.onnx_runtime); the configuration and
         tokenizer come from checkpoint when given, else from the export's metadata."""
-        from .onnx_runtime import OnnxModelError, OnnxRuntimeModel
+        from .onnx_runtime import OnnxRuntimeModel
 
         network = OnnxRuntimeModel(onnx_path, resolve_device(device))
-        overrides = {key: value for key, value in (("bert_model", bert_model), ("vocab_file", vocab_file)) if value}
+        overrides = tokenizer_overrides(bert_model, vocab_file)
         source = safe_load(checkpoint) if checkpoint else {"model": {}, "args": network.config,
                                                             "tokenizer": {"vocab": network.vocab}}
         args, _ = resolve_config(source, overrides)
-        for key in ("imsize", "max_query_len"):
-            if getattr(args, key) != network.config[key]:
-                raise OnnxModelError(f"{onnx_path} was exported with {key} {network.config[key]}, but {checkpoint} "
-                                     f"has {getattr(args, key)}: export this checkpoint, or drop --checkpoint")
+        if checkpoint:
+            network.check_matches(args, checkpoint)
         tokenizer = tokenizer_from_checkpoint(source, args, overrides)
         return cls(network, tokenizer, args, "cpu", fast=False, mask_threshold=mask_threshold)
 

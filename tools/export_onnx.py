@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.inference import prepare_for_inference
-from models.loading import load_from_checkpoint
+from models.loading import load_from_checkpoint, tokenizer_overrides
 from models.onnx_export import DEFAULT_OPSET, compare_with_onnxruntime, export_onnx
 from models.onnx_runtime import OnnxModelError
 from utils.checkpoint import CheckpointError
@@ -38,8 +38,7 @@ def main(argv=None):
     opts = get_args_parser().parse_args(argv)
     if opts.batch != "dynamic" and not (opts.batch.isdigit() and int(opts.batch) > 0):
         raise ValueError(f"--batch must be 'dynamic' or a positive integer, got {opts.batch!r}")
-    overrides = {key: value for key, value in (("bert_model", opts.bert_model), ("vocab_file", opts.vocab_file))
-                 if value}
+    overrides = tokenizer_overrides(opts.bert_model, opts.vocab_file)
     model, tokenizer, args, _ = load_from_checkpoint(opts.checkpoint, overrides)
     model = prepare_for_inference(model, channels_last=False)
     start = time.perf_counter()
