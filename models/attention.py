@@ -19,6 +19,8 @@ def attention(q, k, v, num_heads, key_padding_mask=None, dropout=0.0, drop_key=0
     mask = None
     if key_padding_mask is not None:
         mask = ~key_padding_mask[:, None, None, :]  # [B, 1, 1, Nk], True = attend
+        if torch.onnx.is_in_onnx_export():  # ONNX Runtime's Attention (opset 23) does not broadcast over queries
+            mask = mask.expand(-1, -1, q.shape[2], -1)  # [B, 1, Nq, Nk]
     if drop_key > 0:
         keep = torch.rand(q.shape[:3] + k.shape[2:3], device=q.device) >= drop_key
         mask = keep if mask is None else keep & mask

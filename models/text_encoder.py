@@ -18,7 +18,10 @@ class TextEncoder(nn.Module):
     @staticmethod
     def attention_bias(text_mask, dtype):
         """[B, L] (1 = token) -> additive [B, 1, 1, L], like BERT's extended attention mask."""
-        return (1.0 - text_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+        bias = (1.0 - text_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+        if torch.onnx.is_in_onnx_export():  # ONNX Runtime's Attention (opset 23) does not broadcast over queries
+            bias = bias.expand(-1, -1, text_mask.shape[1], -1)  # [B, 1, L, L]
+        return bias
 
     def layer(self, index, hidden, bias):
         out = self.bert.encoder.layer[index](hidden, attention_mask=bias)

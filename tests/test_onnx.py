@@ -61,6 +61,20 @@ def test_onnxruntime_matches_pytorch_within_tolerance(exported):
     assert worst["boxes"] > 0 or worst["probabilities"] > 0  # two runtimes really ran
 
 
+def test_opset_23_exports_onnx_attention_that_onnxruntime_runs(exported, tmp_path, capsys):
+    """Opset 23 turns every attention into one Attention node; ONNX Runtime runs them (the masks it cannot broadcast
+    are expanded at export) within the tolerances."""
+    import onnx
+
+    checkpoint, _ = exported
+    path = tmp_path / "segvg23.onnx"
+    assert export_onnx.main(["--checkpoint", str(checkpoint), "--out", str(path), "--opset", "23"]) == 0
+    assert "passed" in capsys.readouterr().out
+    types = [node.op_type for node in onnx.load(str(path)).graph.node]
+    # 4 BERT layers, 2 visual encoder layers, 2 + 3 x 2 vision-language layers, the triple alignment's stages
+    assert types.count("Attention") >= 14 and "Softmax" not in types
+
+
 def test_a_different_model_fails_the_comparison(exported, tmp_path):
     """The comparison can fail: the export of another model's weights does not match this one."""
     from models.inference import prepare_for_inference
