@@ -1,8 +1,8 @@
-"""ONNX Runtime vs the PyTorch fast path: parity and latency of the full-size model, optionally ORT's dynamic int8
-quantisation and the demo's test accuracy through each backend (docs/onnx.md).
+"""ONNX Runtime vs the PyTorch fast path: parity and latency of the full-size model, optionally its int8
+quantisations and the demo's test accuracy through each backend (docs/onnx.md).
 
     python -m benchmarks.bench_onnx                       # full size (ResNet-101, BERT-base, 640, L = 40)
-    python -m benchmarks.bench_onnx --quantize --demo_checkpoint outputs/demo/best_checkpoint.pth
+    python -m benchmarks.bench_onnx --int8 static dynamic --demo_checkpoint outputs/demo/best_checkpoint.pth
     python -m benchmarks.bench_onnx --small               # a small model: a smoke run
 
 The full-size model has parity case A's weights (tools/parity_recipe.py, deterministic, official layout). Each
@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from models.onnx_export import DEFAULT_OPSET
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--backbone", "resnet18", "--imsize", "256", "--bert_layers", "4", "--enc_layers", "2",
@@ -79,6 +81,34 @@ def worker(opts):
     print(json.dumps({"times": times}))
 
 
+def arithmetic_floor(checkpoint):
+    """The least time any fp32 run of one sample can take on this CPU: the call's floating-point operations
+    (convolutions and matrix products, counted by torch.utils.flop_counter; the attention maps are not counted, so
+    this is a lower bound) over the best rate of a 2048^3 fp32 matrix product; a batch of B takes B times as long.
+    -> (GFLOP, GFLOP/s, seconds)"""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models.inference import prepare_for_inference
+    from models.loading import load_from_checkpoint
+    from models.onnx_export import example_inputs, parity_phrases
+
+    model, tokenizer, args, _ = load_from_checkpoint(checkpoint)
+    model = prepare_for_inference(model)
+    inputs = example_inputs(args, tokenizer, parity_phrases(args)[1:2])
+    with FlopCounterMode(display=False) as counter:  # it needs autograd on (its module tracker), not no_grad
+        model(*inputs, aux=False)
+    del model
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    times = []
+    for _ in range(12):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    gflop, rate = counter.get_total_flops() / 1e9, 2 * 2048 ** 3 / min(times[2:]) / 1e9
+    return gflop, rate, gflop / rate
+
+
 def run_worker(opts, backend, batch, onnx_path):
     command = [sys.executable, "-m", "benchmarks.bench_onnx", "--worker", "--backend", backend, "--batch", str(batch),
                "--checkpoint", str(opts.work_dir / "model.pth"), "--onnx", str(onnx_path), "--repeats",
@@ -99,31 +129,45 @@ def run_tool(command):
     return proc.stdout
 
 
-def quantize(onnx_path):
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def quantize_generated(opts, onnx_path, method):
+    """The benchmark model's int8 version; static calibration on generated inputs (latency does not depend on them)."""
+    from datasets import build_tokenizer
+    from models.loading import load_from_checkpoint
+    from models.onnx_export import INPUT_NAMES, example_inputs, parity_phrases
+    from models.onnx_quantize import quantize_dynamic_int8, quantize_static_int8
 
-    out = onnx_path.with_suffix(".int8.onnx")
-    # Matrix products only: ORT's dynamically quantised convolutions (ConvInteger) are slower than float ones on CPU.
-    quantize_dynamic(str(onnx_path), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
-    return out
+    out = onnx_path.with_suffix(f".{method}.onnx")
+    if method == "dynamic":
+        return quantize_dynamic_int8(onnx_path, out)
+    _, _, args, _ = load_from_checkpoint(opts.work_dir / "model.pth")
+    tokenizer, phrases = build_tokenizer(args), parity_phrases(args)
+    feeds = [dict(zip(INPUT_NAMES, (t.numpy() for t in example_inputs(args, tokenizer, [phrase], seed))))
+             for seed, phrase in enumerate(phrases * 3)]
+    return quantize_static_int8(onnx_path, out, feeds)
 
 
 def demo_accuracy(opts, backends):
-    """The demo test split evaluated through each backend with eval.py; -> {backend: Acc@0.5}."""
+    """The demo test split evaluated through each backend with eval.py (the int8 models made by
+    tools/quantize_onnx.py, static ones calibrated on the demo's train split).
+    -> {backend: "Acc@0.5 / Acc@0.75 / mIoU"}"""
     onnx_path = opts.work_dir / "demo.onnx"
-    run_tool(["tools/export_onnx.py", "--checkpoint", opts.demo_checkpoint, "--out", str(onnx_path)])
+    run_tool(["tools/export_onnx.py", "--checkpoint", opts.demo_checkpoint, "--out", str(onnx_path), "--opset",
+              str(opts.opset)])
     paths = {"onnxruntime": onnx_path}
-    if "onnxruntime_int8" in backends:
-        paths["onnxruntime_int8"] = quantize(onnx_path)
+    for method in opts.int8:
+        paths[f"onnxruntime int8 {method}"] = onnx_path.with_suffix(f".{method}.onnx")
+        run_tool(["tools/quantize_onnx.py", "--onnx", str(onnx_path), "--checkpoint", opts.demo_checkpoint, "--out",
+                  str(paths[f"onnxruntime int8 {method}"]), "--method", method])
     accuracy = {}
     for backend in backends:
-        out_dir = opts.work_dir / f"eval_{backend}"
+        out_dir = opts.work_dir / f"eval_{backend.replace(' ', '_')}"
         command = ["eval.py", "--checkpoint", opts.demo_checkpoint, "--eval_set", "test", "--output_dir", str(out_dir),
                    "--no_mask_metrics", "--num_workers", "0"]
         if backend != "pytorch":
             command += ["--backend", "onnxruntime", "--onnx", str(paths[backend])]
         run_tool(command)
-        accuracy[backend] = json.loads((out_dir / "eval_demo_test.json").read_text())["accu"]
+        report = json.loads((out_dir / "eval_demo_test.json").read_text())
+        accuracy[backend] = f"{report['accu']:.4f} / {report['accu@0.75']:.4f} / {report['miou']:.4f}"
     return accuracy
 
 
@@ -133,7 +177,10 @@ def get_args_parser():
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes to time")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per process, after 2 warm-up calls")
     parser.add_argument("--rounds", type=int, default=2, help="processes per (backend, batch), alternating backends")
-    parser.add_argument("--quantize", action="store_true", help="also ORT's dynamic int8 quantisation of the export")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help="ONNX opset of the exports (23: ONNX's Attention operator, docs/onnx.md)")
+    parser.add_argument("--int8", nargs="+", default=[], choices=["static", "dynamic"],
+                        help="also these int8 quantisations of the export (tools/quantize_onnx.py)")
     parser.add_argument("--demo_checkpoint", default="",
                         help="also the demo test split's Acc@0.5 through each backend (eval.py)")
     parser.add_argument("--small", action="store_true", help="a small model (smoke run), not the paper's")
@@ -155,11 +202,12 @@ def main(argv=None):
     checkpoint, onnx_path = opts.work_dir / "model.pth", opts.work_dir / "model.onnx"
     write_checkpoint(checkpoint, SMALL if opts.small else [])
     start = time.perf_counter()
-    run_tool(["tools/export_onnx.py", "--checkpoint", str(checkpoint), "--out", str(onnx_path)])
+    run_tool(["tools/export_onnx.py", "--checkpoint", str(checkpoint), "--out", str(onnx_path), "--opset",
+              str(opts.opset)])
     print(f"export and check: {time.perf_counter() - start:.0f} s")
     paths = {"pytorch": onnx_path, "onnxruntime": onnx_path}
-    if opts.quantize:
-        paths["onnxruntime_int8"] = quantize(onnx_path)
+    for method in opts.int8:
+        paths[f"onnxruntime int8 {method}"] = quantize_generated(opts, onnx_path, method)
     times = {(backend, batch): [] for backend in paths for batch in opts.batches}
     for round_ in range(opts.rounds):
         order = list(paths) if round_ % 2 == 0 else list(reversed(paths))
@@ -175,9 +223,15 @@ def main(argv=None):
         ratios = " / ".join(f"{statistics.median(times[backend, b]) / statistics.median(times['pytorch', b]):.2f}"
                             for b in opts.batches)
         print(f"| {backend} | " + " | ".join(cells) + f" | {ratios} |")
+    gflop, rate, floor = arithmetic_floor(checkpoint)
+    cells = " | ".join(f"{floor * b:.3f}" for b in opts.batches)
+    ratios = " / ".join(f"{floor * b / statistics.median(times['pytorch', b]):.2f}" for b in opts.batches)
+    print(f"| fp32 arithmetic floor | {cells} | {ratios} |")
+    print(f"(floor: {gflop:.1f} GFLOP per sample at {rate:.0f} GFLOP/s, this CPU's best fp32 matrix product; no fp32 "
+          f"backend can be faster)")
     if opts.demo_checkpoint:
         accuracy = demo_accuracy(opts, list(paths))
-        print("\nDemo test Acc@0.5: " + ", ".join(f"{k} {v:.4f}" for k, v in accuracy.items()))
+        print("\nDemo test Acc@0.5 / Acc@0.75 / mIoU: " + ", ".join(f"{k} {v}" for k, v in accuracy.items()))
 
 
 if __name__ == "__main__":

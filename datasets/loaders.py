@@ -12,10 +12,10 @@ from .transforms import make_transforms
 BATCH_KEYS = ("img", "img_mask", "text_ids", "text_mask", "target", "pos_region", "index")
 
 
-def build_dataset(split, args, tokenizer=None):
+def build_dataset(split, args, tokenizer=None, augment=None):
     """Split `split` of args.dataset: training augmentation for train/trainval (drawn per sample from args.seed, the
-    epoch and the index), the eval transform otherwise."""
-    train = split in ("train", "trainval")
+    epoch and the index), the eval transform otherwise; augment=False forces the eval transform."""
+    train = split in ("train", "trainval") if augment is None else augment
     return GroundingDataset(
         data_root=args.data_root,
         split_root=args.split_root,

@@ -12,11 +12,16 @@ class OnnxModelError(ValueError):
     """An .onnx file that is missing, unreadable or not a SegVG export; the message says what to do."""
 
 
-def _session(path, device):
+def require_onnxruntime():
     try:
-        import onnxruntime as ort
+        import onnxruntime
     except ImportError:
         raise OnnxModelError("onnxruntime is not installed: pip install -r requirements-onnx.txt") from None
+    return onnxruntime
+
+
+def _session(path, device):
+    ort = require_onnxruntime()
     if not path:
         raise OnnxModelError("--backend onnxruntime needs --onnx FILE (tools/export_onnx.py writes one)")
     path = Path(path)
