@@ -1,7 +1,6 @@
 """Int8 versions of an export (tools/quantize_onnx.py, docs/onnx.md): ONNX Runtime's static quantisation of the
 convolutions and matrix products, calibrated on real samples, or its dynamic quantisation of the matrix products."""
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from utils.checkpoint import atomic_write
 from utils.eval_utils import prediction_ious
 
 from .onnx_export import INPUT_NAMES
-from .onnx_runtime import OnnxModelError, require_onnxruntime
+from .onnx_runtime import QUANTIZATION_KEY, OnnxModelError, require_onnxruntime
 
 STATIC_OPS = ["Conv", "MatMul"]
 # ORT's dynamically quantised convolutions (ConvInteger) are slower than its float ones on CPU: matrix products only.
@@ -36,8 +35,11 @@ def sample_feeds(dataset, indices):
                           sample["text_mask"].long()))}
 
 
-def _write_through_temporary(out, quantize):
-    """quantize(path) writes a model to path; it lands at out atomically (a crash never leaves half a file there)."""
+def _write_through_temporary(out, quantize, description):
+    """quantize(path) writes a model to path; it lands at out atomically (a crash never leaves half a file there),
+    with description in its metadata ("segvg_quantization": no quantising twice)."""
+    import onnx
+
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder) / "model.onnx"
         # ORT's quantizer advises its shape-inference pre-processing on every call; it made no difference here.
@@ -50,8 +52,9 @@ def _write_through_temporary(out, quantize):
             raise OnnxModelError(f"cannot quantise into {folder}: {err}; set TMPDIR to a folder with room") from None
         finally:
             root.setLevel(level)
-        with open(tmp, "rb") as source:
-            atomic_write(out, lambda f: shutil.copyfileobj(source, f, 1 << 24))
+        proto = onnx.load(str(tmp))
+    proto.metadata_props.add(key=QUANTIZATION_KEY, value=description)
+    atomic_write(out, lambda f: f.write(proto.SerializeToString()))
     return out
 
 
@@ -71,7 +74,8 @@ def quantize_static_int8(src, out, calibration_feeds, total=None):
 
     return _write_through_temporary(out, lambda path: quantize_static(
         str(src), path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8, op_types_to_quantize=STATIC_OPS))
+        weight_type=QuantType.QInt8, op_types_to_quantize=STATIC_OPS),
+        "static int8 (QDQ): convolutions, matrix products")
 
 
 def quantize_dynamic_int8(src, out):
@@ -80,7 +84,7 @@ def quantize_dynamic_int8(src, out):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     return _write_through_temporary(out, lambda path: quantize_dynamic(
-        str(src), path, weight_type=QuantType.QInt8, op_types_to_quantize=DYNAMIC_OPS))
+        str(src), path, weight_type=QuantType.QInt8, op_types_to_quantize=DYNAMIC_OPS), "dynamic int8: matrix products")
 
 
 @torch.no_grad()

@@ -7,6 +7,8 @@ import torch
 
 from .onnx_export import INPUT_NAMES
 
+QUANTIZATION_KEY = "segvg_quantization"  # metadata of an int8 version (models.onnx_quantize): what was quantised
+
 
 class OnnxModelError(ValueError):
     """An .onnx file that is missing, unreadable or not a SegVG export; the message says what to do."""
@@ -53,6 +55,7 @@ class OnnxRuntimeModel:
             raise OnnxModelError(f"{path} is not a SegVG export (inputs {names}): export it with "
                                  f"tools/export_onnx.py")
         self.config = json.loads(props["segvg_config"])
+        self.quantization = props.get(QUANTIZATION_KEY)  # None for a float export
         self.vocab = props["segvg_vocab"].split("\n")
 
     def check_matches(self, args, source):

@@ -68,6 +68,9 @@ def test_static_int8_quantizes_convolutions_and_matrix_products(exported, tmp_pa
 
     float_model, int8_model = OnnxRuntimeModel(path), OnnxRuntimeModel(out)
     assert int8_model.config == float_model.config and int8_model.vocab == float_model.vocab  # metadata kept
+    assert float_model.quantization is None and int8_model.quantization.startswith("static int8")
+    with pytest.raises(ValueError, match="segvg.int8.onnx is already quantised .static int8"):
+        quantize(exported, tmp_path / "twice.onnx", "--onnx", out)  # the later --onnx wins
     predictor = SegVGPredictor.from_onnx(path)
     inputs = example_inputs(predictor.args, predictor.tokenizer, ["the red circle", "a", "the big blue square"])
     got, expected = int8_model(*inputs)["pred_boxes"], float_model(*inputs)["pred_boxes"]

@@ -56,6 +56,8 @@ def main(argv=None):
     if opts.calibration_samples < 1 or opts.check_samples < 0:
         raise ValueError("--calibration_samples must be at least 1 and --check_samples at least 0")
     float_model = OnnxRuntimeModel(opts.onnx)  # a foreign or corrupt file fails here, before any work
+    if float_model.quantization:
+        raise ValueError(f"{opts.onnx} is already quantised ({float_model.quantization}): pass the float export")
     overrides = {key: getattr(opts, key) for key in ("dataset", "data_root", "split_root")
                  if getattr(opts, key) is not None}
     overrides.update(tokenizer_overrides(opts.bert_model, opts.vocab_file))
