@@ -23,7 +23,6 @@ from models.onnx_export import DEFAULT_OPSET
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--backbone", "resnet18", "--imsize", "256", "--bert_layers", "4", "--enc_layers", "2",
          "--vl_enc_layers", "2", "--vl_dec_layers", "2", "--max_query_len", "20"]
-BACKENDS = ("pytorch", "onnxruntime")
 
 
 def write_checkpoint(path, model_flags):
@@ -182,7 +181,7 @@ def get_args_parser():
     parser.add_argument("--int8", nargs="+", default=[], choices=["static", "dynamic"],
                         help="also these int8 quantisations of the export (tools/quantize_onnx.py)")
     parser.add_argument("--demo_checkpoint", default="",
-                        help="also the demo test split's Acc@0.5 through each backend (eval.py)")
+                        help="also the demo test split's Acc@0.5, Acc@0.75 and mIoU through each backend (eval.py)")
     parser.add_argument("--small", action="store_true", help="a small model (smoke run), not the paper's")
     parser.add_argument("--work_dir", type=Path, default=Path("outputs/bench_onnx"),
                         help="folder for the checkpoint, the exports and the evaluations")
