@@ -29,7 +29,7 @@ from utils.eval_utils import MASK_THRESHOLD
 from utils.mask_metrics import MaskScorer
 from utils.options import AMP_CHOICES, add_backend_flags, add_tokenizer_flags
 from utils.predictions import evaluation_records, worst_and_best
-from utils.runtime import compile_model, enable_tf32, limit_opencv_threads
+from utils.runtime import compile_model, limit_opencv_threads, set_tf32
 from utils.samplers import ShardSampler
 from utils.visualize import write_dataset_overlays
 
@@ -96,7 +96,7 @@ def main(opts):
         if not opts.plain_inference:
             prepare_for_inference(model)
         if opts.tf32:
-            enable_tf32()
+            set_tf32(True)
         if opts.compile:
             compile_model(model, device)
 

@@ -26,7 +26,7 @@ from utils.options import build_training_parser, explicit_flags
 from utils.preemption import StopSignal
 from utils.rng import seed_everything, set_rng_state
 from utils.run_lock import OutputDirLock, RunLockError
-from utils.runtime import compile_model, enable_tf32, limit_opencv_threads
+from utils.runtime import compile_model, limit_opencv_threads, set_tf32
 from utils.training_state import LATEST, TrainingRun, fresh_progress
 
 
@@ -136,7 +136,7 @@ def train(args, stop, explicit=()):
         torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = not args.deterministic
     if args.tf32:
-        enable_tf32()
+        set_tf32(True)
     device = torch.device(args.device)
     rank, world = get_rank(), get_world_size()
     seed_everything(args.seed + rank)

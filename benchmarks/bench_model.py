@@ -15,9 +15,10 @@ measurements after warm-up, pooled over --rounds rounds that alternate the check
   loss2            the loss alone, forward + backward at batch 2 (memory: above the inputs)
 Variants: fp32 (on CUDA with TF32 off, also in cuDNN), bf16 (autocast), tf32 (CUDA), channels_last (CNN),
 checkpoint (--checkpoint_activations, training only), compile (model.compile(); the first call's time is reported
-as compile time), plain (inference without the fast path); several join with + (bf16+compile). A variant a checkout does not support is reported as n/a. --allocator runs the workers under glibc's
-defaults, glibc tunables that keep freed memory (glibc_tuned) or return every freed block (glibc_release), or
-jemalloc (LD_PRELOAD), to measure what the allocator gives.
+as compile time), plain (inference without the fast path); several join with + (bf16+compile). A variant a checkout
+does not support is reported as n/a. --allocator runs the workers under glibc's defaults, glibc tunables that keep
+freed memory (glibc_tuned) or return every freed block (glibc_release), or jemalloc (LD_PRELOAD), to measure what
+the allocator gives.
 """
 import argparse
 import json

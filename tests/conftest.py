@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from utils.runtime import set_tf32
+
 
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", help="device of the tests marked 'device' (cpu, cuda, cuda:N)")
@@ -19,5 +21,5 @@ def device(request):
         if not torch.cuda.is_available():
             pytest.skip("--device cuda given, but CUDA is not available")
         # fp32 comparisons in fp32: cuDNN runs convolutions in TF32 by default on Ampere and newer.
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        set_tf32(False)
     return device

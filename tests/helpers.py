@@ -50,6 +50,14 @@ def synthetic_batch(args, batch=3, seed=0):
             "index": torch.arange(batch)}
 
 
+def without_dropout(model):
+    """Dropout off (in place; returns model): runs to be compared must see the same network."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
 def model_inputs(batch):
     return batch["img"], batch["img_mask"], batch["text_ids"], batch["text_mask"]
 

@@ -5,8 +5,7 @@ import copy
 
 import pytest
 import torch
-from helpers import model_inputs, synthetic_batch, tiny_args
-from torch import nn
+from helpers import model_inputs, synthetic_batch, tiny_args, without_dropout
 
 from engine import to_device
 from models import build_model
@@ -18,11 +17,7 @@ pytestmark = pytest.mark.device
 
 def deterministic_model(seed=0):
     torch.manual_seed(seed)
-    model = build_model(tiny_args()).train()
-    for m in model.modules():  # dropout off: both devices must run the same network
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
-    return model
+    return without_dropout(build_model(tiny_args()).train())
 
 
 def forward_backward(model, batch, criterion):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import model_inputs, synthetic_batch, tiny_args
+from helpers import model_inputs, synthetic_batch, tiny_args, without_dropout
 from models import build_model
 from models.attention import MultiheadAttention
 from models.segvg import MLP, SegmentationHead
@@ -144,10 +144,7 @@ def test_backward_reaches_every_trainable_parameter(model, device):
 
     args = tiny_args()
     batch = to_device(synthetic_batch(args), device)
-    model = copy.deepcopy(model).train().to(device)
-    for m in model.modules():  # deterministic: dropout off, training branch on
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
+    model = without_dropout(copy.deepcopy(model).train().to(device))  # deterministic, training branch on
     losses = build_criterion(args)(model(*model_inputs(batch)), batch["target"], batch["pos_region"])
     losses["loss"].backward()
     # BERT's attention key biases add one constant to all logits of a query, which the softmax cancels: their
@@ -171,10 +168,7 @@ def test_bf16_autocast_forward_and_backward_agree_with_fp32(model, device):
     args = tiny_args()
     batch = to_device(synthetic_batch(args), device)
     criterion = build_criterion(args)
-    model = copy.deepcopy(model).train().to(device)
-    for m in model.modules():  # no dropout: the two runs must see the same network
-        if isinstance(m, nn.Dropout):
-            m.p = 0.0
+    model = without_dropout(copy.deepcopy(model).train().to(device))
     runs = {}
     for name, enabled in (("fp32", False), ("bf16", True)):
         model.zero_grad(set_to_none=True)

@@ -21,6 +21,7 @@ from tools.parity_recipe import checksums, make_batch, official_state_dict  # no
 from utils.checkpoint import load_official_checkpoint, ours_to_official, safe_load  # noqa: E402
 from utils.losses import build_criterion  # noqa: E402
 from utils.options import build_training_parser  # noqa: E402
+from utils.runtime import set_tf32  # noqa: E402
 
 TOL_BOX = 1e-4  # absolute: boxes and segmentation probabilities
 TOL_SEG_LOGITS = 1e-3  # absolute
@@ -147,8 +148,7 @@ def on_cpu(out):
 def run(case_path, verbose=False, report_bf16=False, device=torch.device("cpu")):
     """Compare this implementation with one case; returns the exit status (0: within every tolerance)."""
     if device.type == "cuda":  # the case is fp32: no TF32 in convolutions (cuDNN's default) or matrix products
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+        set_tf32(False)
     case = safe_load(case_path)
     recipe = case["recipe"]
     model, criterion = build_parity_model(recipe)

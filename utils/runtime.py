@@ -37,10 +37,11 @@ def compile_model(model, device):
     return model
 
 
-def enable_tf32():
-    """TF32 matrix products and convolutions on Ampere or newer GPUs (~1e-3 relative precision)."""
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+def set_tf32(enabled):
+    """TF32 matrix products and convolutions on Ampere or newer GPUs (~1e-3 relative precision), or neither: full fp32
+    (cuDNN's default is TF32 convolutions)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
 
 
 def limit_opencv_threads():
