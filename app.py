@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from utils.checkpoint import CheckpointError
-from utils.options import add_backend_flags, add_tokenizer_flags
+from utils.options import add_backend_flags, add_mask_refine_flag, add_tokenizer_flags
 
 DEMO_CHECKPOINT = "outputs/demo/best_checkpoint.pth"
 MAX_FILE_SIZE = "50mb"
@@ -30,6 +30,7 @@ def get_args_parser():
     parser.add_argument("--data_root", default="data/demo",
                         help="the demo data, whose test split gives the page's examples when it exists")
     parser.add_argument("--examples", type=int, default=6, help="examples from the demo's test split (0: none)")
+    add_mask_refine_flag(parser)
     add_tokenizer_flags(parser)
     add_backend_flags(parser)
     return parser
@@ -77,7 +78,7 @@ def main(argv=None):
     if opts.backend == "onnxruntime":
         name = f"{opts.onnx} (ONNX Runtime)" + (f" with {opts.checkpoint}" if opts.checkpoint else "")
     examples = demo_examples(opts.data_root, opts.examples)
-    app = build_app(predictor, name, examples)
+    app = build_app(predictor, name, examples, opts.mask_refine)
     print(f"SegVG demo of {name} on {predictor.device.type}: open http://{opts.host}:{opts.port}", flush=True)
     app.launch(server_name=opts.host, server_port=opts.port, share=False, ssr_mode=False, show_error=False,
                max_file_size=MAX_FILE_SIZE, allowed_paths=[str(Path(opts.data_root))] if examples else None,

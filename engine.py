@@ -16,7 +16,6 @@ from utils.metric_logger import MetricLogger
 from utils.samplers import ResumableBatchSampler
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-LOSS_TERMS = ("loss", "loss_focal", "loss_dice", "loss_bbox", "loss_giou")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -85,14 +84,15 @@ def train_one_epoch(state, data_loader, epoch, logger=None):
         batch = to_device(batch, device)
         with autocast(device, args.amp):
             outputs = model(batch["img"], batch["img_mask"], batch["text_ids"], batch["text_mask"])
-        losses = criterion(outputs, batch["target"], batch["pos_region"])
+        losses = criterion(outputs, batch["target"], batch["pos_region"], batch, fraction)
 
         # One all_reduce gives every rank the same loss, clock and stop request, so all stop at the same step.
         local_seconds = start_seconds + time.perf_counter() - epoch_start - paused
         signalled = float(state.stop is not None and state.stop.requested)
-        *values, seconds, stopping = reduce_mean([losses[k].item() for k in LOSS_TERMS]
-                                                       + [local_seconds, signalled], device)
-        reduced = dict(zip(LOSS_TERMS, values))
+        terms = sorted(losses)  # the same names on every rank
+        *values, seconds, stopping = reduce_mean([losses[k].item() for k in terms] + [local_seconds, signalled],
+                                                 device)
+        reduced = dict(zip(terms, values))
         if not math.isfinite(reduced["loss"]):
             raise NonFiniteLossError(
                 f"non-finite loss at step {progress['step']} (epoch {epoch}, iteration {i}): "
@@ -213,8 +213,10 @@ def format_stats(stats):
     if "mask" in stats:
         lines.append(f"masks against the ground-truth masks ({stats['mask']['count']} samples that have one): "
                      f"mIoU | oIoU | Prec@0.5 0.6 0.7 0.8 0.9")
-        for key in MAPS:
+        refined = sorted(k for k in stats if k.endswith("_mask") and k not in MAPS)  # "<method>_mask"
+        for key in (*MAPS, *refined):
             m = stats[key]
             precisions = " ".join(f"{m[f'prec@{t}']:.3f}" for t in (0.5, 0.6, 0.7, 0.8, 0.9))
-            lines.append(f"  {MAP_NAMES[key]:<17} {m['miou']:.4f} | {m['oiou']:.4f} | {precisions}")
+            name = MAP_NAMES.get(key, f"{key[:-len('_mask')]} refined")
+            lines.append(f"  {name:<17} {m['miou']:.4f} | {m['oiou']:.4f} | {precisions}")
     return "\n".join(lines)

@@ -27,7 +27,7 @@ from utils.checkpoint import CheckpointError
 from utils.distributed import destroy_process_group, get_rank, get_world_size, init_distributed_mode, is_main_process
 from utils.eval_utils import MASK_THRESHOLD
 from utils.mask_metrics import MaskScorer
-from utils.options import AMP_CHOICES, add_backend_flags, add_tokenizer_flags
+from utils.options import AMP_CHOICES, add_backend_flags, add_mask_refine_flag, add_tokenizer_flags
 from utils.predictions import evaluation_records, worst_and_best
 from utils.runtime import compile_model, limit_opencv_threads, set_tf32
 from utils.samplers import ShardSampler
@@ -59,6 +59,7 @@ def get_args_parser():
                             "prediction record's \"mask\" names it)")
     masks.add_argument("--save_probabilities", action="store_true",
                        help="with --save_masks: also the probability maps (0-255 PNG) in <output_dir>/probabilities")
+    add_mask_refine_flag(masks)
     masks.add_argument("--no_mask_metrics", action="store_true",
                        help="skip the mask metrics even where the dataset has ground-truth masks")
     data = parser.add_argument_group("data (default: the checkpoint's)")
@@ -109,13 +110,19 @@ def main(opts):
     scorer = None
     if score or opts.save_masks:
         scorer = MaskScorer(dataset, args, opts.mask_threshold, score, output_dir if opts.save_masks else None,
-                            opts.save_probabilities)
+                            opts.save_probabilities, opts.mask_refine)
     start = time.time()
     results = evaluate(model, loader, device, opts.amp, desc=f"Eval {opts.eval_set}", mask_scorer=scorer)
     stats = summarize_results(results, dataset)
+    cost = scorer.refine_cost() if scorer is not None else None
+    if cost is not None:
+        stats["mask_refine"] = cost
     backend = f", ONNX Runtime on {opts.onnx}" if opts.backend == "onnxruntime" else ""
     print(f"{args.dataset} {opts.eval_set} ({'official' if official else 'our'} checkpoint {opts.checkpoint}{backend}):")
     print(format_stats(stats))
+    if cost is not None:
+        print(f"mask refinement {cost['method']}: {cost['ms_per_expression']:.1f} ms per expression "
+              f"({cost['count']} on this process)")
     print(f"Evaluation time {datetime.timedelta(seconds=int(time.time() - start))}")
     if is_main_process():
         write_outputs(opts, args, model, dataset, results, stats, device, output_dir, scorer)
@@ -137,6 +144,8 @@ def write_outputs(opts, args, model, dataset, results, stats, device, output_dir
             record["mask"] = str(scorer.mask_path(record["index"]))
             if opts.save_probabilities:
                 record["probability"] = str(scorer.mask_path(record["index"], "probabilities"))
+            if opts.mask_refine != "none":
+                record[f"{opts.mask_refine}_mask"] = str(scorer.mask_path(record["index"], f"masks_{opts.mask_refine}"))
     if opts.save_predictions:
         write_jsonl(opts.save_predictions, records)
         print(f"{len(records)} prediction records written to {opts.save_predictions}")

@@ -22,7 +22,7 @@ from models.predictor import SegVGPredictor, load_rgb
 from utils.checkpoint import CheckpointError
 from utils.eval_utils import MASK_THRESHOLD
 from utils.mask_metrics import save_png
-from utils.options import add_backend_flags, add_tokenizer_flags
+from utils.options import add_backend_flags, add_mask_refine_flag, add_tokenizer_flags
 from utils.predictions import prediction_record, read_pairs
 from utils.visualize import draw_overlay
 
@@ -50,6 +50,7 @@ def get_args_parser():
                          help="probability above which a pixel belongs to a saved mask (docs/evaluation.md)")
     outputs.add_argument("--save_probabilities", action="store_true",
                          help="with --save_masks: also the probability map (0-255 PNG) in <output_dir>/probabilities")
+    add_mask_refine_flag(outputs)
     outputs.add_argument("--visualize", type=int, default=0,
                          help="with --output_dir: overlays of the first N predictions in <output_dir>/overlays")
     outputs.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run")
@@ -100,7 +101,10 @@ def overlay_paths(out, count):
 def check_outputs(opts):
     if not opts.output_dir or opts.overwrite:
         return
-    taken = [Path(opts.output_dir) / name for name in ("predictions.jsonl", "masks", "probabilities", "overlays")]
+    names = ["predictions.jsonl", "masks", "probabilities", "overlays"]
+    if opts.mask_refine != "none":
+        names.append(f"masks_{opts.mask_refine}")
+    taken = [Path(opts.output_dir) / name for name in names]
     taken = [str(p) for p in taken if p.exists()]
     if taken:
         raise ValueError(f"{', '.join(taken)} already exist: give another --output_dir, or --overwrite")
@@ -128,9 +132,10 @@ def predict_all(predictor, pairs, batch_size):
 def build_predictor(opts):
     if opts.backend == "onnxruntime":
         return SegVGPredictor.from_onnx(opts.onnx, opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file,
-                                        mask_threshold=opts.mask_threshold)
+                                        mask_threshold=opts.mask_threshold, mask_refine=opts.mask_refine)
     return SegVGPredictor.from_checkpoint(opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file,
-                                          fast=not opts.plain_inference, mask_threshold=opts.mask_threshold)
+                                          fast=not opts.plain_inference, mask_threshold=opts.mask_threshold,
+                                          mask_refine=opts.mask_refine)
 
 
 def main(argv=None):
@@ -160,9 +165,14 @@ def main(argv=None):
             if opts.save_probabilities:
                 extra["probability"] = str(output_dir / "probabilities" / name)
                 save_png(np.round(result["mask"] * 255).astype(np.uint8), output_dir / "probabilities" / name)
+            if "refined_mask" in result:
+                folder = output_dir / f"masks_{opts.mask_refine}"
+                extra[f"{opts.mask_refine}_mask"] = str(folder / name)
+                save_png(result["refined_mask"].astype(np.uint8) * 255, folder / name)
         if k in overlays:
             overlays[k].parent.mkdir(parents=True, exist_ok=True)
-            draw_overlay(rgb, result["box"], result["mask"], phrase, result["score"]).save(overlays[k])
+            shown = result["refined_mask"].astype(np.float32) if "refined_mask" in result else result["mask"]
+            draw_overlay(rgb, result["box"], shown, phrase, result["score"]).save(overlays[k])
             extra["overlay"] = str(overlays[k])
         record = prediction_record(image, phrase, result["box"], result["score"], **extra)
         records.append(record)

@@ -157,8 +157,10 @@ def train(args, stop, explicit=()):
     loader_train, loader_val = build_loaders(args, tokenizer)
     model = build_model(args)
     if pretrained is not None and not args.resume:
-        load_weights(model, pretrained, official, f"pretrained checkpoint {args.pretrained}")
-        print(f"every weight initialised from {'the official checkpoint ' if official else ''}{args.pretrained}")
+        load_weights(model, pretrained, official, f"pretrained checkpoint {args.pretrained}", new_mask_head=True)
+        fresh = model.mask_head is not None and not any(k.startswith("mask_head.") for k in pretrained.get("model", {}))
+        print(f"every weight initialised from {'the official checkpoint ' if official else ''}{args.pretrained}"
+              + (", but the fine mask head's, which starts fresh" if fresh else ""))
         del pretrained
     elif args.detr_model and not args.resume:
         used, ignored = load_detr_weights(model, args.detr_model)

@@ -15,7 +15,8 @@ measurements after warm-up, pooled over --rounds rounds that alternate the check
   loss2            the loss alone, forward + backward at batch 2 (memory: above the inputs)
 Variants: fp32 (on CUDA with TF32 off, also in cuDNN), bf16 (autocast), tf32 (CUDA), channels_last (CNN),
 checkpoint (--checkpoint_activations, training only), compile (model.compile(); the first call's time is reported
-as compile time), plain (inference without the fast path); several join with + (bf16+compile). A variant a checkout
+as compile time), plain (inference without the fast path), fine (--mask_head fine with its default stride and box
+losses); several join with + (bf16+compile). A variant a checkout
 does not support is reported as n/a. --allocator runs the workers under glibc's defaults, glibc tunables that keep
 freed memory (glibc_tuned) or return every freed block (glibc_release), or jemalloc (LD_PRELOAD), to measure what
 the allocator gives.
@@ -31,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("infer1", "infer8", "train2", "loss2")
-VARIANTS = ("fp32", "bf16", "tf32", "channels_last", "checkpoint", "compile", "plain")
+VARIANTS = ("fp32", "bf16", "tf32", "channels_last", "checkpoint", "compile", "plain", "fine")
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 ALLOCATORS = {
     "glibc": {},
@@ -80,6 +81,10 @@ def worker(opts):
     parts = set(opts.variant.split("+"))
     if device.type == "cuda":  # fp32 means fp32: cuDNN would otherwise run convolutions in TF32
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = "tf32" in parts
+    if "fine" in parts:
+        if not hasattr(args, "mask_head"):
+            return {"na": "no --mask_head in this checkout"}
+        args.mask_head = "fine"
     if "checkpoint" in parts:
         if not hasattr(args, "checkpoint_activations"):
             return {"na": "no --checkpoint_activations in this checkout"}
@@ -154,7 +159,9 @@ def worker(opts):
             with amp:
                 out = model(*model_args(inputs))
             t1 = start_phase()
-            losses = criterion(out, inputs["target"], inputs["pos_region"])
+            # Only a fine head's loss reads the batch (older checkouts take three arguments).
+            extra = (inputs,) if getattr(args, "mask_head", "grid") == "fine" else ()
+            losses = criterion(out, inputs["target"], inputs["pos_region"], *extra)
             t2 = start_phase()
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
@@ -192,6 +199,7 @@ def make_inputs(torch, args, batch, device):
     target = torch.cat([xy + wh / 2, wh], 1).float() / size
     inputs = {"img": torch.randn(batch, 3, size, size, generator=gen),
               "img_mask": torch.zeros(batch, size, size, dtype=torch.bool),
+              "image_rect": torch.tensor([[0, 0, size, size]] * batch),
               "text_ids": torch.randint(1, 1000, (batch, length), generator=gen) * text_mask,
               "text_mask": text_mask, "target": target, "pos_region": pos_region}
     return {k: v.to(device) for k, v in inputs.items()}

@@ -161,7 +161,9 @@ class GroundingDataset(Dataset):
     """One split of a referring-expression dataset; samples are dicts of tensors (see collate_fn)."""
 
     def __init__(self, data_root, split_root, dataset, split, transform, tokenizer, max_query_len,
-                 float_boxes=False, augment_seed=None, cache=False):
+                 float_boxes=False, augment_seed=None, cache=False, with_masks=False):
+        """with_masks: samples also carry gt_mask [S, S] and has_mask (the true mask, for --mask_supervision mask);
+        without it no mask file is ever read."""
         self.dataset = dataset
         self.split = split
         self.index_files = index_files(split_root, dataset, split)
@@ -173,10 +175,11 @@ class GroundingDataset(Dataset):
         self.tokenizer = tokenizer
         self.max_query_len = max_query_len
         self.float_boxes = float_boxes
+        self.with_masks = with_masks
         self.augment_seed = augment_seed
         self.epoch = 0
         # file name -> decoded image, phrase -> token ids and mask; each loader process fills its own copy.
-        self.cache = {"images": {}, "texts": {}} if cache else None
+        self.cache = {"images": {}, "texts": {}, "labels": {}} if cache else None
         # A JSONL dataset's records are checked and parsed once, now: a bad line stops the run before it starts, and
         # no sample re-checks its record at every epoch.
         self.parsed = None
@@ -224,8 +227,13 @@ class GroundingDataset(Dataset):
         if self.mask_dir is None:
             raise ValueError(f"dataset '{self.dataset}' has no instance masks")
         info = self.sample_info(idx)
-        with Image.open(info["mask"]) as labels:
-            return np.asarray(labels) == info["mask_label"]
+        labels = self.cache["labels"].get(info["mask"]) if self.cache is not None else None
+        if labels is None:
+            with Image.open(info["mask"]) as image:
+                labels = np.asarray(image)
+            if self.cache is not None:
+                self.cache["labels"][info["mask"]] = labels
+        return labels == info["mask_label"]
 
     def has_masks(self):
         """Whether any sample has a ground-truth mask (the demo's instance masks, "mask" in JSONL records)."""
@@ -233,15 +241,18 @@ class GroundingDataset(Dataset):
             return True
         return not is_builtin(self.dataset) and any("mask" in record for _, record in self.entries)
 
-    def gt_mask(self, idx):
-        """Ground-truth mask of sample idx at its image's size, bool [H, W], or None when it has none."""
+    def gt_mask(self, idx, image_size=None):
+        """Ground-truth mask of sample idx at its image's size, bool [H, W], or None when it has none.
+        image_size: (width, height) when known (saves opening the image)."""
         if self.mask_dir is not None:
             return self.instance_mask(idx)
         info = self.sample_info(idx)
         if "mask" not in info:
             return None
-        with Image.open(info["image"]) as image:
-            width, height = image.size
+        if image_size is None:
+            with Image.open(info["image"]) as image:
+                image_size = image.size
+        width, height = image_size
         return rasterize(info["mask"], height, width)
 
     def load_image(self, idx):
@@ -272,6 +283,11 @@ class GroundingDataset(Dataset):
     def __getitem__(self, idx):
         file_name, box, phrase, _ = self._parse(idx)
         sample = {"img": self._read(idx, file_name), "box": np.float32(box), "text": phrase.lower()}
+        mask = None
+        if self.with_masks:
+            height, width = sample["img"].shape[:2]
+            mask = self.gt_mask(idx, (width, height))
+            sample["mask"] = mask.astype(np.uint8) * 255 if mask is not None else np.zeros((height, width), np.uint8)
         if self.augment_seed is not None:
             # The augmentation of a sample depends only on (seed, epoch, index), not on which DataLoader worker
             # draws it or on what was drawn before: a run resumed mid-epoch continues exactly.
@@ -281,4 +297,6 @@ class GroundingDataset(Dataset):
         out["text_ids"] = torch.tensor(ids, dtype=torch.long)
         out["text_mask"] = torch.tensor(mask, dtype=torch.long)
         out["index"] = idx
+        if self.with_masks:
+            out["has_mask"] = mask is not None
         return out

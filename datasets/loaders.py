@@ -9,14 +9,16 @@ from .grounding import GroundingDataset
 from .tokenizer import build_tokenizer
 from .transforms import make_transforms
 
-BATCH_KEYS = ("img", "img_mask", "text_ids", "text_mask", "target", "pos_region", "index")
+BATCH_KEYS = ("img", "img_mask", "image_rect", "text_ids", "text_mask", "target", "pos_region", "index")
 
 
 def build_dataset(split, args, tokenizer=None, augment=None):
     """Split `split` of args.dataset: training augmentation for train/trainval (drawn per sample from args.seed, the
     epoch and the index), the eval transform otherwise; augment=False forces the eval transform."""
     train = split in ("train", "trainval") if augment is None else augment
-    return GroundingDataset(
+    # True masks are read only where they train the fine head: never for evaluation, never under box supervision.
+    with_masks = train and args.mask_head == "fine" and args.mask_supervision == "mask" and args.seg_loss == "on"
+    dataset = GroundingDataset(
         data_root=args.data_root,
         split_root=args.split_root,
         dataset=args.dataset,
@@ -27,14 +29,23 @@ def build_dataset(split, args, tokenizer=None, augment=None):
         float_boxes=args.float_boxes,
         augment_seed=args.seed if train else None,
         cache=args.cache_data,
+        with_masks=with_masks,
     )
+    if with_masks and not dataset.has_masks():
+        raise ValueError(f"--mask_supervision mask: no sample of {args.dataset}/{split} has a mask; give the records "
+                         f"a \"mask\" (docs/custom_data.md) or train with --mask_supervision box")
+    return dataset
 
 
 def collate_fn(batch):
-    """List of samples -> dict of stacked tensors: img [B,3,S,S] float, img_mask [B,S,S] bool,
-    text_ids/text_mask [B,L] long, target [B,4] float, pos_region [B,S,S] bool, index [B] long."""
+    """List of samples -> dict of stacked tensors: img [B,3,S,S] float, img_mask [B,S,S] bool, image_rect [B,4]
+    long, text_ids/text_mask [B,L] long, target [B,4] float, pos_region [B,S,S] bool, index [B] long; and from a
+    dataset with masks gt_mask [B,S,S] bool, has_mask [B] bool."""
     out = {key: torch.stack([sample[key] for sample in batch]) for key in BATCH_KEYS if key != "index"}
     out["index"] = torch.tensor([sample["index"] for sample in batch], dtype=torch.long)
+    if "gt_mask" in batch[0]:
+        out["gt_mask"] = torch.stack([sample["gt_mask"] for sample in batch])
+        out["has_mask"] = torch.tensor([sample["has_mask"] for sample in batch], dtype=torch.bool)
     return out
 
 

@@ -1,8 +1,10 @@
 """Augmentations of the original SegVG/TransVG pipeline on numpy images (docs/original.md, "Augmentation" and
 "Evaluation transform").
 
-A sample is a dict {"img": uint8 [H, W, 3] RGB, "box": float32 [4] xyxy in image pixels, "text": str}.
-Every transform keeps the box on the same pixels as the image; NormalizeAndPad ends the pipeline and
+A sample is a dict {"img": uint8 [H, W, 3] RGB, "box": float32 [4] xyxy in image pixels, "text": str}, and with
+mask supervision "mask": uint8 [H, W], the object's true mask as 0 / 255, resampled as the image is and cut at one
+half only on the canvas. Every transform keeps the box and the mask on the same
+pixels as the image; NormalizeAndPad ends the pipeline and
 returns the tensors the model sees. Randomness comes from Python's `random`, which the training dataset
 seeds per sample (GroundingDataset.augment_seed).
 """
@@ -33,11 +35,13 @@ def swap_left_right(text, mode="word"):
 
 
 def resize(img, width, height):
-    """Bilinear resize of a uint8 [H, W, 3] image as PIL's (the original's): antialiased when shrinking. torchvision's
-    uint8 kernel matches PIL within one level at every ratio (tests/test_data_transforms.py); OpenCV's INTER_LINEAR
-    does not antialias and differs by up to ~50 levels when shrinking by less than half."""
+    """Bilinear resize of a uint8 [H, W, 3] image (or [H, W] plane) as PIL's (the original's): antialiased when
+    shrinking. torchvision's uint8 kernel matches PIL within one level at every ratio (tests/test_data_transforms.py);
+    OpenCV's INTER_LINEAR does not antialias and differs by up to ~50 levels when shrinking by less than half."""
     if (width, height) == (img.shape[1], img.shape[0]):
         return img
+    if img.ndim == 2:
+        return resize(img[..., None], width, height)[..., 0]
     chw = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)  # a view, channels-last in memory
     out = TF.resize(chw, [height, width], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
     return out.permute(1, 2, 0).contiguous().numpy()
@@ -66,8 +70,11 @@ class RandomResize:
         size = random.choice(self.sizes)
         ratio = size / (max(h, w) if self.long_side else min(h, w))
         # At least one pixel: a very thin image (say 4000 x 3) would otherwise round to nothing.
-        sample["img"] = resize(img, max(1, round(w * ratio)), max(1, round(h * ratio)))
+        new_w, new_h = max(1, round(w * ratio)), max(1, round(h * ratio))
+        sample["img"] = resize(img, new_w, new_h)
         sample["box"] = sample["box"] * np.float32(ratio)
+        if "mask" in sample:
+            sample["mask"] = resize(sample["mask"], new_w, new_h)
         return sample
 
 
@@ -93,6 +100,8 @@ class RandomSizeCrop:
             if area > 0 and (crop_box[2] - crop_box[0]) * (crop_box[3] - crop_box[1]) >= 0.5 * area:
                 sample["img"] = img[top:top + h, left:left + w]
                 sample["box"] = crop_box
+                if "mask" in sample:
+                    sample["mask"] = sample["mask"][top:top + h, left:left + w]
                 return sample
         return sample
 
@@ -178,6 +187,8 @@ class RandomHorizontalFlip:
             x1, y1, x2, y2 = sample["box"]
             sample["img"] = cv2.flip(sample["img"], 1)
             sample["box"] = np.float32([w - x2, y1, w - x1, y2])
+            if "mask" in sample:
+                sample["mask"] = sample["mask"][:, ::-1]
             sample["text"] = swap_left_right(sample["text"], self.text_mode)
         return sample
 
@@ -186,8 +197,9 @@ class NormalizeAndPad:
     """ImageNet-normalise, paste on a zero size x size canvas, and build the box targets.
 
     Returns img [3,S,S] float, img_mask [S,S] bool (True = padding, only with mask_padding; the original
-    marks none), target [4] normalised cx,cy,w,h on the canvas, pos_region [S,S] bool (the truncated
-    integer box filled, docs/original.md, "Loss") and the text.
+    marks none), image_rect [4] long (x1, y1, x2, y2: where the image lies on the canvas, padding or not),
+    target [4] normalised cx,cy,w,h on the canvas, pos_region [S,S] bool (the truncated integer box filled,
+    docs/original.md, "Loss"), the text, and gt_mask [S,S] bool when the sample has a "mask".
     """
 
     def __init__(self, size, translate=False, mask_padding=False):
@@ -230,8 +242,14 @@ class NormalizeAndPad:
         pos_region[r1:r2, c1:c2] = True
 
         target = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dtype=torch.float32) / size
-        return {"img": torch.from_numpy(canvas), "img_mask": torch.from_numpy(img_mask), "target": target,
-                "pos_region": torch.from_numpy(pos_region), "text": sample["text"]}
+        out = {"img": torch.from_numpy(canvas), "img_mask": torch.from_numpy(img_mask),
+               "image_rect": torch.tensor([left, top, left + w, top + h]), "target": target,
+               "pos_region": torch.from_numpy(pos_region), "text": sample["text"]}
+        if "mask" in sample:
+            gt_mask = np.zeros((size, size), bool)
+            gt_mask[top:top + h, left:left + w] = sample["mask"] >= 128
+            out["gt_mask"] = torch.from_numpy(gt_mask)
+        return out
 
 
 def make_transforms(args, train):

@@ -66,12 +66,15 @@ def tokenizer_from_checkpoint(checkpoint, args, overrides=()):
         return build_tokenizer(argparse.Namespace(**{**vars(args), "vocab_file": str(vocab_file)}))
 
 
-def load_weights(model, checkpoint, official, source="checkpoint"):
-    """The checkpoint's weights into model, strictly (an error names every key that does not fit)."""
+def load_weights(model, checkpoint, official, source="checkpoint", new_mask_head=False):
+    """The checkpoint's weights into model, strictly (an error names every key that does not fit). new_mask_head:
+    a checkpoint without a fine mask head may initialise a model with one, whose head keeps its initialisation
+    (fine-tuning a grid-head checkpoint with --mask_head fine)."""
+    fresh = ("mask_head.",) if new_mask_head else ()
     if official:
-        load_official_checkpoint(model, checkpoint)
+        load_official_checkpoint(model, checkpoint, fresh)
     else:
-        load_state_dict_checked(model, checkpoint["model"], source)
+        load_state_dict_checked(model, checkpoint["model"], source, fresh=fresh)
     return model
 
 

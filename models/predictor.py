@@ -5,7 +5,7 @@
 
 result: "box" [x1, y1, x2, y2] in the image's pixels, "score" (the segmentation confidence), "mask" (the
 segmentation map resized to the image, float [H, W]), "binary_mask" (it above mask_threshold, bool [H, W]), "phrase"
-and "image_size" [W, H].
+and "image_size" [W, H]; with mask_refine (utils.mask_refine) also "refined_mask" (bool [H, W]).
 """
 import copy
 import warnings
@@ -21,6 +21,7 @@ from datasets.tokenizer import encode_text
 from datasets.transforms import canvas_map_to_image, canvas_to_image, make_transforms
 from utils.checkpoint import safe_load
 from utils.eval_utils import MASK_THRESHOLD, canvas_probabilities, segmentation_confidence
+from utils.mask_refine import refine_mask
 from utils.runtime import resolve_device
 
 from .inference import prepare_for_inference
@@ -44,9 +45,11 @@ def load_rgb(image):
 class SegVGPredictor:
     """A model, its tokenizer and evaluation transform: images and phrases in, boxes and masks out."""
 
-    def __init__(self, model, tokenizer, args, device="cpu", fast=True, mask_threshold=MASK_THRESHOLD):
+    def __init__(self, model, tokenizer, args, device="cpu", fast=True, mask_threshold=MASK_THRESHOLD,
+                 mask_refine="none"):
         """fast: predict with a BatchNorm-folded, channels-last copy of model (models.inference); model itself
-        is left untouched. mask_threshold: where "binary_mask" is cut out of the map."""
+        is left untouched. mask_threshold: where "binary_mask" is cut out of the map. mask_refine: "grabcut" adds
+        "refined_mask" to every result."""
         if fast:
             model = prepare_for_inference(copy.deepcopy(model))
         self.model = model.eval().to(device)
@@ -55,21 +58,23 @@ class SegVGPredictor:
         self.device = torch.device(device)
         self.transform = make_transforms(args, train=False)
         self.mask_threshold = mask_threshold
+        self.mask_refine = mask_refine
 
     @classmethod
     def from_checkpoint(cls, path, device="auto", bert_model=None, vocab_file=None, fast=True,
-                        mask_threshold=MASK_THRESHOLD):
+                        mask_threshold=MASK_THRESHOLD, mask_refine="none"):
         """Rebuild from a checkpoint alone (ours or an official one; fast: the inference fast path of
         models.inference). bert_model / vocab_file choose the tokenizer of an official checkpoint."""
         overrides = tokenizer_overrides(bert_model, vocab_file)
         model, tokenizer, args, _ = load_from_checkpoint(path, overrides)
         if fast:  # the model is ours alone: fold it in place instead of a copy
             prepare_for_inference(model)
-        return cls(model, tokenizer, args, resolve_device(device), fast=False, mask_threshold=mask_threshold)
+        return cls(model, tokenizer, args, resolve_device(device), fast=False, mask_threshold=mask_threshold,
+                   mask_refine=mask_refine)
 
     @classmethod
     def from_onnx(cls, onnx_path, checkpoint=None, device="auto", bert_model=None, vocab_file=None,
-                  mask_threshold=MASK_THRESHOLD):
+                  mask_threshold=MASK_THRESHOLD, mask_refine="none"):
         """The network of an ONNX export run by ONNX Runtime (models.onnx_runtime); the configuration and
         tokenizer come from checkpoint when given, else from the export's metadata."""
         from .onnx_runtime import OnnxRuntimeModel
@@ -82,7 +87,7 @@ class SegVGPredictor:
         if checkpoint:
             network.check_matches(args, checkpoint)
         tokenizer = tokenizer_from_checkpoint(source, args, overrides)
-        return cls(network, tokenizer, args, "cpu", fast=False, mask_threshold=mask_threshold)
+        return cls(network, tokenizer, args, "cpu", fast=False, mask_threshold=mask_threshold, mask_refine=mask_refine)
 
     def encode(self, text):
         if not isinstance(text, str) or not text.strip():
@@ -124,10 +129,14 @@ class SegVGPredictor:
         for k, (rgb, _, _, _, placement) in enumerate(prepared):
             h, w = rgb.shape[:2]
             box = canvas_to_image(boxes[k:k + 1], placement, (w, h))[0]
-            image_mask = canvas_map_to_image(prob[k], placement, (w, h))
-            results.append({"phrase": phrases[k], "box": [round(v, 2) for v in box.tolist()],
-                            "score": confidence[k].item(), "mask": image_mask.numpy(),
-                            "binary_mask": image_mask.numpy() > self.mask_threshold, "image_size": [w, h]})
+            image_mask = canvas_map_to_image(prob[k], placement, (w, h)).numpy()
+            result = {"phrase": phrases[k], "box": [round(v, 2) for v in box.tolist()],
+                      "score": confidence[k].item(), "mask": image_mask,
+                      "binary_mask": image_mask > self.mask_threshold, "image_size": [w, h]}
+            if self.mask_refine != "none":
+                result["refined_mask"] = refine_mask(self.mask_refine, rgb, box.tolist(), image_mask,
+                                                     self.mask_threshold)
+            results.append(result)
         return results
 
     def __call__(self, image, phrase):

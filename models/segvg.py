@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activation_checkpointing import run_layer
+from .mask_head import backbone_feature_strides, build_mask_head
 from .text_encoder import build_text_encoder
 from .transformer import build_decoder, build_vl_encoder
 from .triple_alignment import build_triple_alignment
@@ -40,7 +41,7 @@ class SegmentationHead(MLP):
 
 class SegVG(nn.Module):
     def __init__(self, visual, text, triple_alignment, vl_encoder, decoder, hidden_dim, max_query_len,
-                 grid_size, num_seg_queries, bert_layers_per_stage):
+                 grid_size, num_seg_queries, bert_layers_per_stage, mask_head=None):
         super().__init__()
         self.visual = visual
         self.text = text
@@ -58,6 +59,7 @@ class SegVG(nn.Module):
         self.decoder = decoder
         self.box_head = MLP(hidden_dim, hidden_dim, 4, 3)
         self.seg_head = SegmentationHead(2 * hidden_dim, hidden_dim, 1, 3)
+        self.mask_head = mask_head  # None: the grid head's map is the model's mask (the original)
         self.checkpoint_activations = False
 
     def set_activation_checkpointing(self, enabled):
@@ -73,12 +75,13 @@ class SegVG(nn.Module):
         """img [B, 3, S, S], img_mask [B, S, S] (True = padding), text_ids/text_mask [B, L] (mask 1 = token).
 
         Returns ``pred_boxes`` [B, 4] (sigmoid cx, cy, w, h on the canvas, last decoder layer),
-        ``aux_boxes`` [layers, B, 4], ``seg_logits`` [B, g, g] (last layer, first segmentation query) and,
-        when ``aux`` (default: in training), ``aux_seg_logits`` [layers, seg queries, B, g, g].
+        ``aux_boxes`` [layers, B, 4], ``seg_logits`` (the model's mask, last layer, first segmentation query:
+        [B, g, g] from the grid head, [B, S/mask_stride, S/mask_stride] from the fine head) and, when ``aux``
+        (default: in training), ``aux_seg_logits`` [layers, seg queries, B, g, g] (the grid head's).
         """
         aux = self.training if aux is None else aux
         batch = img.shape[0]
-        visual, visual_padding, visual_pos = self.visual.embed(img, img_mask)
+        visual, visual_padding, visual_pos, finer = self.visual.embed(img, img_mask)
         text = self.text.embed(text_ids)
         text_padding = text_mask == 0
         text_bias = self.text.attention_bias(text_mask, text.dtype)
@@ -102,8 +105,10 @@ class SegVG(nn.Module):
         boxes = self.box_head(hs[:, :, 0]).sigmoid()  # [layers, B, 4]
         pixels = memory[:, text.shape[1]:]  # [B, V, C]
         grid = (self.grid_size, self.grid_size)
-        out = {"pred_boxes": boxes[-1], "aux_boxes": boxes,
-               "seg_logits": self.seg_head(hs[-1, :, 1:2], pixels)[:, 0].unflatten(-1, grid)}
+        seg_logits = self.seg_head(hs[-1, :, 1:2], pixels)[:, 0].unflatten(-1, grid)  # [B, g, g]
+        if self.mask_head is not None:
+            seg_logits = self.mask_head(hs[-1, :, 1], pixels, seg_logits, {**finer, 1: img})
+        out = {"pred_boxes": boxes[-1], "aux_boxes": boxes, "seg_logits": seg_logits}
         if aux:
             seg = self.seg_head(hs[:, :, 1:], pixels)  # [layers, B, seg queries, V]
             out["aux_seg_logits"] = seg.transpose(1, 2).unflatten(-1, grid)
@@ -132,8 +137,9 @@ def build_segvg(args):
         raise ValueError(f"BERT has {text.num_layers} layers, which cannot be split evenly over "
                          f"{args.enc_layers} stages (--enc_layers)")
     grid_size = args.imsize // args.backbone_stride
-    model = SegVG(build_visual_encoder(args), text, build_triple_alignment(args, text.dim), build_vl_encoder(args),
+    visual = build_visual_encoder(args, backbone_feature_strides(args))
+    model = SegVG(visual, text, build_triple_alignment(args, text.dim), build_vl_encoder(args),
                   build_decoder(args), args.vl_hidden_dim, args.max_query_len, grid_size, args.num_seg_queries,
-                  text.num_layers // args.enc_layers)
+                  text.num_layers // args.enc_layers, build_mask_head(args, visual.backbone.feature_channels))
     model.set_activation_checkpointing(args.checkpoint_activations)
     return model

@@ -24,20 +24,23 @@ class VisualEncoder(nn.Module):
                 module.requires_grad_(False)
 
     def embed(self, img, img_mask):
-        """img [B, 3, H, W], img_mask [B, H, W] (True = padding) -> tokens, padding, pos.
+        """img [B, 3, H, W], img_mask [B, H, W] (True = padding) -> tokens, padding, pos, finer maps.
 
-        tokens, pos: [B, h*w, C]; padding: [B, h*w]
+        tokens, pos: [B, h*w, C]; padding: [B, h*w]; finer maps: the backbone's {stride: map} (empty unless it was
+        built with feature_strides)
         """
-        features = self.input_proj(self.backbone(img))
+        out = self.backbone(img)
+        last, finer = out if isinstance(out, tuple) else (out, {})
+        features = self.input_proj(last)
         mask = F.interpolate(img_mask[None].float(), size=features.shape[-2:])[0].bool()  # [B, h, w]
         pos = self.position_embedding(mask)
-        return features.flatten(2).transpose(1, 2), mask.flatten(1), pos
+        return features.flatten(2).transpose(1, 2), mask.flatten(1), pos, finer
 
 
-def build_visual_encoder(args):
+def build_visual_encoder(args, feature_strides=()):
     if args.imsize % args.backbone_stride:
         raise ValueError(f"--imsize must be a multiple of the backbone stride {args.backbone_stride}, "
                          f"got {args.imsize}")
-    return VisualEncoder(build_backbone(args), build_position_encoding(args), args.hidden_dim, args.nheads,
+    return VisualEncoder(build_backbone(args, feature_strides), build_position_encoding(args), args.hidden_dim, args.nheads,
                          args.dim_feedforward, args.dropout, args.enc_layers, args.pre_norm, args.drop_key,
                          train_transformer=args.lr_visu_tra > 0)

@@ -46,7 +46,7 @@ def synthetic_batch(args, batch=3, seed=0):
     boxes = boxes.float()
     target = torch.cat([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], 1) / s
     return {"img": torch.randn(batch, 3, s, s, generator=g), "img_mask": torch.zeros(batch, s, s, dtype=torch.bool),
-            "text_ids": ids, "text_mask": text_mask, "target": target, "pos_region": pos_region,
+            "image_rect": torch.tensor([[0, 0, s, s]] * batch), "text_ids": ids, "text_mask": text_mask, "target": target, "pos_region": pos_region,
             "index": torch.arange(batch)}
 
 
@@ -94,14 +94,15 @@ def make_demo(tmp_path_factory, seed, train, holdout):
     return out
 
 
-def write_tiny_checkpoint(path, seed=0):
-    """A checkpoint of a randomly initialised tiny model for the demo's vocabulary, as train.py writes it."""
+def write_tiny_checkpoint(path, seed=0, extra=()):
+    """A checkpoint of a randomly initialised tiny model for the demo's vocabulary, as train.py writes it; extra:
+    more model flags (e.g. ("--mask_head", "fine"))."""
     from datasets import build_tokenizer
     from models import build_model
     from utils.checkpoint import atomic_save
     from utils.training_state import json_config, tokenizer_info
 
-    args = tiny_args("--dataset", "demo")
+    args = tiny_args("--dataset", "demo", *extra)
     tokenizer = build_tokenizer(args)
     args.bert_vocab_size = len(tokenizer)
     torch.manual_seed(seed)

@@ -121,8 +121,9 @@ def test_batch_format(refcoco):
     loader = DataLoader(ds, batch_size=3, collate_fn=collate_fn, num_workers=1)
     batches = list(loader)
     batch = batches[0]
-    assert set(batch) == {"img", "img_mask", "text_ids", "text_mask", "target", "pos_region", "index"}
+    assert set(batch) == {"img", "img_mask", "image_rect", "text_ids", "text_mask", "target", "pos_region", "index"}
     expected = {"img": (torch.float32, (3, 3, 128, 128)), "img_mask": (torch.bool, (3, 128, 128)),
+                "image_rect": (torch.long, (3, 4)),
                 "text_ids": (torch.long, (3, 8)), "text_mask": (torch.long, (3, 8)),
                 "target": (torch.float32, (3, 4)), "pos_region": (torch.bool, (3, 128, 128)),
                 "index": (torch.long, (3,))}
@@ -130,6 +131,13 @@ def test_batch_format(refcoco):
         assert batch[key].dtype == dtype and tuple(batch[key].shape) == shape, key
     assert torch.cat([b["index"] for b in batches]).tolist() == list(range(len(KINDS)))
     assert not batch["img_mask"].any()
+    # The image's rectangle lies on the canvas and holds its pixels: nothing but zeros outside it.
+    rect = batch["image_rect"]
+    assert (rect[:, :2] >= 0).all() and (rect[:, 2:] <= 128).all() and (rect[:, 2:] > rect[:, :2]).all()
+    for img, (x1, y1, x2, y2) in zip(batch["img"], rect.tolist()):
+        outside = img.clone()
+        outside[:, y1:y2, x1:x2] = 0
+        assert not outside.any()
     # Lower-cased before tokenization, like the original.
     ids, mask = encode_text(ds.tokenizer, "the red box 1", 8)
     assert batch["text_ids"][0].tolist() == ids and batch["text_mask"][0].tolist() == mask

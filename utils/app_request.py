@@ -12,6 +12,7 @@ from PIL import Image
 from datasets.grounding import read_rgb
 from datasets.records import write_jsonl
 from utils.mask_metrics import save_png
+from utils.mask_refine import refine_mask
 from utils.predictions import prediction_record
 from utils.visualize import draw_groundings
 
@@ -68,8 +69,9 @@ def predict_with_notes(predictor, rgb, phrases):
     return results, notes
 
 
-def ground(predictor, image_path, text, mask_threshold, show_masks, out_dir):
+def ground(predictor, image_path, text, mask_threshold, show_masks, out_dir, mask_refine="none"):
     """Answers one request; files (the mask PNGs, predictions.jsonl) go to out_dir, a new folder per request.
+    mask_refine: "grabcut" draws and saves the refined mask (utils.mask_refine) instead of the model's.
     Returns {"image": PIL drawing, "rows": table rows, "files": paths, "notes": lines, "records": records,
     "seconds": the model's time}."""
     if not 0 <= mask_threshold <= 1:
@@ -78,6 +80,9 @@ def ground(predictor, image_path, text, mask_threshold, show_masks, out_dir):
     phrases = read_phrases(text)
     start = time.perf_counter()
     results, predict_notes = predict_with_notes(predictor, rgb, phrases)
+    if mask_refine != "none":
+        for result in results:
+            result["mask"] = refine_mask(mask_refine, rgb, result["box"], result["mask"], mask_threshold)
     seconds = time.perf_counter() - start
 
     out_dir = Path(out_dir)

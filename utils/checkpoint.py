@@ -172,9 +172,11 @@ def convert_official_state_dict(state_dict):
     return converted
 
 
-def load_state_dict_checked(model, state_dict, source="checkpoint", describe=lambda k: k):
-    """Strict load whose errors name every missing, unexpected or mis-shaped key."""
-    expected = model.state_dict()
+def load_state_dict_checked(model, state_dict, source="checkpoint", describe=lambda k: k, fresh=()):
+    """Strict load whose errors name every missing, unexpected or mis-shaped key. fresh: prefixes of the model's
+    keys that may be missing (modules the checkpoint never had, which keep their initialisation)."""
+    expected = {k: v for k, v in model.state_dict().items()
+                if not (k.startswith(tuple(fresh)) and not any(s.startswith(tuple(fresh)) for s in state_dict))}
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     shapes = [f"{describe(k)}: {source} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
@@ -190,20 +192,21 @@ def load_state_dict_checked(model, state_dict, source="checkpoint", describe=lam
         raise CheckpointError(f"{source} does not fit this model configuration ({' | '.join(problems)}); was it "
                               f"trained with other model flags (--backbone, --imsize, --max_query_len, widths or "
                               f"depths)?")
-    model.load_state_dict(state_dict)
+    model.load_state_dict(state_dict, strict=len(expected) == len(model.state_dict()))
 
 
 def listing(items, sep=", ", limit=5):
     return sep.join(items[:limit]) + (f"{sep}... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
-def load_official_checkpoint(model, checkpoint):
-    """Load an official SegVG checkpoint (a path or its loaded dict) strictly; returns the file's dict."""
+def load_official_checkpoint(model, checkpoint, fresh=()):
+    """Load an official SegVG checkpoint (a path or its loaded dict) strictly (but for the `fresh` prefixes, as
+    load_state_dict_checked); returns the file's dict."""
     if not isinstance(checkpoint, dict):
         checkpoint = safe_load(checkpoint)
     state_dict = checkpoint.get("model", checkpoint)
     load_state_dict_checked(model, convert_official_state_dict(state_dict), "official checkpoint",
-                            describe=lambda k: f"{ours_to_official(k)} (ours: {k})")
+                            describe=lambda k: f"{ours_to_official(k)} (ours: {k})", fresh=fresh)
     return checkpoint
 
 

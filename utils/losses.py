@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
+from .mask_losses import build_fine_mask_loss
 from .mask_statistics import mask_statistics
 
 FOCAL_ALPHA = 0.25
@@ -66,8 +67,10 @@ class SegVGLoss(nn.Module):
     box weighted by the mask fit, all summed and divided by the batch size."""
 
     def __init__(self, detach_pos_factor=False, weight_l1=5.0, weight_giou=2.0, low_memory=True, seg_loss=True,
-                 weight_focal=1.0, weight_dice=1.0):
+                 weight_focal=1.0, weight_dice=1.0, fine=None):
+        """fine: the fine mask head's loss (utils.mask_losses.FineMaskLoss), added to these terms."""
         super().__init__()
+        self.fine = fine
         self.seg_loss = seg_loss
         self.weight_focal = weight_focal
         self.weight_dice = weight_dice
@@ -76,12 +79,20 @@ class SegVGLoss(nn.Module):
         self.weight_giou = weight_giou
         self.segmentation_terms = segmentation_terms if low_memory else segmentation_terms_direct
 
-    def forward(self, outputs, target, pos_region):
-        """outputs: the model's training outputs; target [B, 4] cx,cy,w,h; pos_region [B, S, S]."""
+    def forward(self, outputs, target, pos_region, batch=None, fraction=1.0):
+        """outputs: the model's training outputs; target [B, 4] cx,cy,w,h; pos_region [B, S, S]. With a fine head:
+        batch (its img, image_rect and, under mask supervision, gt_mask and has_mask) and the fraction of the run
+        done (the pairwise term's warmup)."""
         # Always fp32: binary cross-entropy on probabilities is not autocast-safe.
         with torch.autocast(target.device.type, enabled=False):
-            return self._losses(outputs["aux_boxes"].float(), outputs["aux_seg_logits"].float(), target.float(),
-                                pos_region)
+            losses = self._losses(outputs["aux_boxes"].float(), outputs["aux_seg_logits"].float(), target.float(),
+                                  pos_region)
+            if self.fine is not None and self.seg_loss:
+                fine = self.fine(outputs["seg_logits"].float(), pos_region, batch["img"].float(), batch["image_rect"],
+                                 batch.get("gt_mask"), batch.get("has_mask"), fraction)
+                losses.update(fine)
+                losses["loss"] = losses["loss"] + sum(fine.values())
+            return losses
 
     def _losses(self, boxes, seg, target, pos_region):
         """boxes [layers, B, 4], seg [layers, Q, B, g, g]"""
@@ -114,4 +125,5 @@ class SegVGLoss(nn.Module):
 
 def build_criterion(args):
     return SegVGLoss(detach_pos_factor=args.detach_pos_factor, seg_loss=args.seg_loss == "on",
-                     weight_focal=args.mask_loss_coef, weight_dice=args.dice_loss_coef)
+                     weight_focal=args.mask_loss_coef, weight_dice=args.dice_loss_coef,
+                     fine=build_fine_mask_loss(args))

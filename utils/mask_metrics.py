@@ -4,7 +4,8 @@ intersection over cumulative union) and Prec@0.5:0.9 (fraction of expressions wi
 
 Three masks are scored side by side: the model's segmentation map thresholded ("mask"), its predicted box filled
 ("pred_box_mask", what any box-only model gives), and the ground-truth box filled ("gt_box_mask", what box
-supervision aims at)."""
+supervision aims at); with a refinement (utils.mask_refine) a fourth, "<method>_mask"."""
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL import Image
 
 from datasets.transforms import canvas_map_to_image, canvas_to_image, eval_placement
 from utils.eval_utils import canvas_probabilities
+from utils.mask_refine import refine_mask
 
 MAPS = ("mask", "pred_box_mask", "gt_box_mask")
 PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -51,7 +53,7 @@ def summarize_mask_results(per_sample, types=None):
     the samples' expression types or None. -> {map name: summary, with "by_type" when types are given}."""
     kept = [(k, terms) for k, terms in enumerate(per_sample) if terms is not None]
     stats = {}
-    for name in MAPS:
+    for name in (kept[0][1] if kept else MAPS):
         stats[name] = summarize_masks([terms[name] for _, terms in kept])
         if types is not None:
             groups = defaultdict(list)
@@ -65,15 +67,19 @@ class MaskScorer:
     """Per evaluated sample: the evaluation map upsampled to the canvas, mapped back to the image and thresholded at
     `threshold`; its three masks scored against the ground-truth mask at the image's resolution (when the sample has
     one and `score`), and with save_dir the binary mask written as <save_dir>/masks/<index>.png (and the probability
-    map, 0-255, as <save_dir>/probabilities/<index>.png with save_probabilities)."""
+    map, 0-255, as <save_dir>/probabilities/<index>.png with save_probabilities). refine: a utils.mask_refine method
+    whose mask is scored (and saved, to <save_dir>/masks_<method>) beside the model's; its seconds are counted."""
 
-    def __init__(self, dataset, args, threshold, score=True, save_dir=None, save_probabilities=False):
+    def __init__(self, dataset, args, threshold, score=True, save_dir=None, save_probabilities=False, refine="none"):
         self.dataset = dataset
         self.args = args
         self.threshold = threshold
         self.score = score
         self.save_dir = Path(save_dir) if save_dir else None
         self.save_probabilities = save_probabilities
+        self.refine = refine
+        self.refine_seconds = 0.0
+        self.refined = 0
         self.placements = {}
 
     def mask_path(self, index, kind="masks"):
@@ -95,19 +101,37 @@ class MaskScorer:
         prob = canvas_probabilities(seg_logits[None].float(), self.args.imsize)[0]
         prob = canvas_map_to_image(prob, placement, (width, height)).numpy()
         model = prob > self.threshold
+        cx, cy, w, h = box_cxcywh.tolist()
+        canvas_box = torch.tensor([[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]]).clamp(0, 1) * self.args.imsize
+        pred_box = canvas_to_image(canvas_box, placement, (width, height))[0]
+        refined = None
+        if self.refine != "none":
+            start = time.perf_counter()
+            refined = refine_mask(self.refine, self.dataset.load_image(index), pred_box.tolist(), prob, self.threshold)
+            self.refine_seconds += time.perf_counter() - start
+            self.refined += 1
         if self.save_dir is not None:
             save_png(model.astype(np.uint8) * 255, self.mask_path(index))
             if self.save_probabilities:
                 save_png(np.round(prob * 255).astype(np.uint8), self.mask_path(index, "probabilities"))
+            if refined is not None:
+                save_png(refined.astype(np.uint8) * 255, self.mask_path(index, f"masks_{self.refine}"))
         if gt is None:
             return None
-        cx, cy, w, h = box_cxcywh.tolist()
-        canvas_box = torch.tensor([[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]]).clamp(0, 1) * self.args.imsize
-        pred_box = canvas_to_image(canvas_box, placement, (width, height))[0]
         info = self.dataset.sample_info(index)
-        return {"mask": intersection_union(model, gt),
-                "pred_box_mask": intersection_union(box_mask(pred_box, height, width), gt),
-                "gt_box_mask": intersection_union(box_mask(info["box"], height, width), gt)}
+        terms = {"mask": intersection_union(model, gt),
+                 "pred_box_mask": intersection_union(box_mask(pred_box, height, width), gt),
+                 "gt_box_mask": intersection_union(box_mask(info["box"], height, width), gt)}
+        if refined is not None:
+            terms[f"{self.refine}_mask"] = intersection_union(refined, gt)
+        return terms
+
+    def refine_cost(self):
+        """{"method", "ms_per_expression", "count"} of the refinement in this process, or None without one."""
+        if self.refine == "none":
+            return None
+        return {"method": self.refine, "ms_per_expression": 1000 * self.refine_seconds / max(self.refined, 1),
+                "count": self.refined}
 
 
 def save_png(array, path):

@@ -6,6 +6,7 @@ import argparse
 import shlex
 
 from utils.lr_scheduler import SCHEDULERS
+from utils.mask_refine import REFINEMENTS
 
 AMP_CHOICES = ("off", "bf16", "fp16")
 
@@ -36,6 +37,13 @@ def add_backend_flags(parser, cpu_only=False):
     parser.add_argument("--backend", default="pytorch", choices=["pytorch", "onnxruntime"],
                         help=f"what runs the network: PyTorch, or ONNX Runtime{where} on the --onnx export")
     parser.add_argument("--onnx", help="with --backend onnxruntime: the .onnx file of tools/export_onnx.py")
+
+
+def add_mask_refine_flag(parser):
+    """--mask_refine of eval.py, predict.py and app.py."""
+    parser.add_argument("--mask_refine", default="none", choices=REFINEMENTS,
+                        help="also refine each mask without training: grabcut = OpenCV's GrabCut from the predicted "
+                             "box and the model's map (docs/evaluation.md); the model's own mask is kept as well")
 
 
 def model_flags():
@@ -119,6 +127,12 @@ def _add_model_flags(parser):
     fusion.add_argument("--vl_enc_layers", default=6, type=int, help="layers of the VL encoder")
     fusion.add_argument("--vl_dec_layers", default=6, type=int, help="layers of the query decoder (each predicts)")
     fusion.add_argument("--num_seg_queries", default=5, type=int, help="segmentation query tokens")
+    fusion.add_argument("--mask_head", default="grid", choices=["grid", "fine"],
+                        help="the model's mask: grid = the original's MLP on the visual tokens (stride of the backbone), "
+                             "fine = a convolutional head fusing the ResNet's finer maps up to --mask_stride "
+                             "(docs/model.md, \"Mask heads\")")
+    fusion.add_argument("--mask_stride", default=0, type=int, choices=[0, 1, 2, 4, 8, 16],
+                        help="fine head: stride of its map on the canvas (0: 4 for canvases of 320 px and more, else 2)")
     fusion.add_argument("--drop_key", default=0.0, type=float,
                         help="real DropKey rate in the custom attentions (training only; the original's is a no-op)")
 
@@ -165,6 +179,34 @@ def _add_loss_flags(parser):
     loss.add_argument("--mask_loss_coef", default=1.0, type=float,
                       help="weight of the focal term (the original: 1); the box losses' mask-fit factor is unchanged")
     loss.add_argument("--dice_loss_coef", default=1.0, type=float, help="weight of the dice term (the original: 1)")
+    fine = parser.add_argument_group("loss: the fine mask head (--mask_head fine; --seg_loss off turns these off too)")
+    fine.add_argument("--mask_supervision", default="box", choices=["box", "mask"],
+                      help="box: BoxInst's projection and pairwise terms from the ground-truth box; mask: focal + dice "
+                           "against the true masks where the training set has them (the demo, JSONL \"mask\"), the box "
+                           "terms for the samples without one; masks are read only with \"mask\"")
+    fine.add_argument("--mask_loss_stride", default=0, type=int, choices=[0, 1, 2, 4, 8, 16],
+                      help="stride on the canvas at which the fine head's terms are computed, on its map upsampled "
+                           "bilinearly (0: half the head's --mask_stride, at least 1; docs/model.md)")
+    fine.add_argument("--projection_loss_coef", default=1.0, type=float,
+                      help="weight of the projection term: dice of the map's x and y maxima against the box's "
+                           "(BoxInst: 1)")
+    fine.add_argument("--pairwise_loss_coef", default=1.0, type=float,
+                      help="weight of the pairwise colour-affinity term (BoxInst: 1)")
+    fine.add_argument("--box_fill_loss_coef", default=2.0, type=float,
+                      help="weight of the dice against the filled box (SegVG's target), which keeps the object's "
+                           "interior that the projection and pairwise terms leave free (at 0.3 the demo's head drew "
+                           "outlines only; docs/model.md)")
+    fine.add_argument("--pairwise_dilation", default=2, type=int,
+                      help="the pairwise term's neighbours: the 8 at this distance in map cells (BoxInst: 2)")
+    fine.add_argument("--pairwise_color_threshold", default=0.3, type=float,
+                      help="pairs count when their LAB similarity exp(-|diff| / 2) is at least this (BoxInst: 0.3)")
+    fine.add_argument("--pairwise_warmup", default=0.1, type=float,
+                      help="fraction of the run over which the pairwise weight rises linearly from 0 (BoxInst: "
+                           "10k of 90k iterations)")
+    fine.add_argument("--mask_focal_loss_coef", default=1.0, type=float,
+                      help="--mask_supervision mask: weight of the focal term against the true mask (DETR: 1)")
+    fine.add_argument("--mask_dice_loss_coef", default=1.0, type=float,
+                      help="--mask_supervision mask: weight of the dice term against the true mask (DETR: 1)")
 
 
 def _add_optimisation_flags(parser):

@@ -9,6 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from utils.app_request import MAX_PHRASES, TABLE_HEADERS, RequestError, ground
+from utils.mask_refine import REFINEMENTS
 
 KEEP_REQUESTS = 16  # request folders kept on disk for their downloads; older ones are deleted
 UPLOAD_SOURCES = ["upload", "clipboard", "webcam"]
@@ -52,15 +53,16 @@ def status_text(header, notes=(), error=None):
     return "\n".join(lines)
 
 
-def build_app(predictor, checkpoint_name, examples=()):
-    """predictor: models.predictor.SegVGPredictor; examples: [image path, phrase] pairs shown under the inputs."""
+def build_app(predictor, checkpoint_name, examples=(), mask_refine="none"):
+    """predictor: models.predictor.SegVGPredictor; examples: [image path, phrase] pairs shown under the inputs;
+    mask_refine: the page's initial mask refinement (utils.mask_refine)."""
     folders = RequestFolders()
     header = f"checkpoint `{checkpoint_name}` on {predictor.device.type}"
 
-    def answer(image, phrases, mask_threshold, show_masks):
+    def answer(image, phrases, mask_threshold, show_masks, refine="none"):
         empty = pd.DataFrame(columns=TABLE_HEADERS)
         try:
-            out = ground(predictor, image, phrases, mask_threshold, show_masks, folders.new())
+            out = ground(predictor, image, phrases, mask_threshold, show_masks, folders.new(), refine)
         except RequestError as err:
             return None, empty, None, status_text(header, error=str(err))
         timing = f"{header} · {1000 * out['seconds']:.0f} ms for {len(out['rows'])} phrase(s)"
@@ -80,6 +82,9 @@ def build_app(predictor, checkpoint_name, examples=()):
                     threshold = gr.Slider(0, 1, value=predictor.mask_threshold, step=0.05, label="Mask threshold",
                                           info="probability above which a pixel belongs to the mask")
                     show_masks = gr.Checkbox(value=True, label="Show masks")
+                    refine = gr.Radio(list(REFINEMENTS), value=mask_refine, label="Mask refinement",
+                                      info="grabcut: OpenCV's GrabCut from the box and the model's map "
+                                           "(no training; a few ms to tens of ms per phrase)")
                 button = gr.Button("Ground", variant="primary", elem_id="ground")
                 if examples:
                     gr.Examples([list(e) for e in examples], inputs=[image, phrases], label="Examples (demo test split)")
@@ -90,7 +95,7 @@ def build_app(predictor, checkpoint_name, examples=()):
                                      datatype=["str"] + ["number"] * 5, interactive=False, elem_id="table")
                 files = gr.File(label="Masks and prediction records", file_count="multiple", interactive=False,
                                 elem_id="files")
-        button.click(answer, [image, phrases, threshold, show_masks], [drawing, table, files, status])
+        button.click(answer, [image, phrases, threshold, show_masks, refine], [drawing, table, files, status])
     # One request at a time: a second waits in the queue instead of competing for the same cores or GPU memory.
     app.queue(default_concurrency_limit=1, max_size=64)
     return app
