@@ -54,6 +54,24 @@ def test_grabcut_bounds_its_resolution_and_falls_back():
         refine_mask("crf", rgb, box, prob)
 
 
+def test_grabcut_that_finds_no_foreground_keeps_the_models_mask(monkeypatch):
+    """OpenCV's colour models can hand the whole box to the background (a third of the demo's flat-coloured images):
+    an empty refinement of a non-empty prediction is a failure, and the model's mask stands."""
+    rgb, disc, box, prob = disc_scene()
+
+    def everything_background(image, mask, *args):
+        mask[mask == cv2.GC_PR_FGD] = cv2.GC_PR_BGD
+
+    monkeypatch.setattr(cv2, "grabCut", everything_background)
+    np.testing.assert_array_equal(grabcut(rgb, box, prob), prob > 0.5)
+
+
+def test_unknown_refinement_is_refused():
+    rgb, _, box, prob = disc_scene()
+    with pytest.raises(ValueError, match="unknown mask refinement"):
+        refine_mask("crf", rgb, box, prob)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return write_tiny_checkpoint(tmp_path_factory.mktemp("refine") / "ckpt.pth")

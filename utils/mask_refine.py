@@ -17,7 +17,8 @@ def grabcut(rgb, box, prob, threshold=MASK_THRESHOLD, margin=MARGIN, max_side=MA
     """rgb uint8 [H, W, 3]; box x1, y1, x2, y2 in its pixels; prob float [H, W] the model's map -> bool [H, W].
 
     Falls back to the map thresholded where GrabCut has nothing to work with (a box that covers the whole
-    neighbourhood leaves no background; an empty box no foreground)."""
+    neighbourhood leaves no background; an empty box no foreground) and where it ends with no foreground at all (its
+    colour models can give the whole box to the background, as on a third of the demo's flat-coloured images)."""
     height, width = prob.shape
     fallback = prob > threshold
     x1, y1, x2, y2 = (float(v) for v in box)
@@ -44,6 +45,8 @@ def grabcut(rgb, box, prob, threshold=MASK_THRESHOLD, margin=MARGIN, max_side=MA
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.grabCut(cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
     refined = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
+    if not refined.any():
+        return fallback
     out = np.zeros((height, width), bool)
     out[top:bottom, left:right] = cv2.resize(refined, (right - left, bottom - top),
                                              interpolation=cv2.INTER_NEAREST).astype(bool)
