@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
-from utils.mask_losses import (FineMaskLoss, box_fill_loss, color_similarity, pairwise_loss, projection_loss,
+from utils.mask_losses import (FineMaskLoss, map_dice, color_similarity, pairwise_loss, projection_loss,
                                rgb_to_lab)
 
 BIG = 30.0  # a logit whose sigmoid is 1 (or 0) to float precision
@@ -45,13 +45,13 @@ def test_projection_of_a_filled_box_is_zero_and_of_a_uniform_map_hand_computed()
 def test_box_fill_of_the_box_is_zero_and_of_a_uniform_map_hand_computed():
     box = box_region(4, 1, 1, 3, 3).float()
     valid = torch.ones(1, 4, 4)
-    assert box_fill_loss(torch.where(box > 0, BIG, -BIG), box, valid).item() == pytest.approx(0, abs=1e-6)
+    assert map_dice(torch.where(box > 0, BIG, -BIG), box, valid).item() == pytest.approx(0, abs=1e-6)
     # p = 0.5 everywhere: 1 - (2 * 4 * 0.5 + 1) / (16 * 0.5 + 4 + 1) = 1 - 5 / 13
-    assert box_fill_loss(torch.zeros(1, 4, 4), box, valid).item() == pytest.approx(8 / 13, abs=1e-6)
+    assert map_dice(torch.zeros(1, 4, 4), box, valid).item() == pytest.approx(8 / 13, abs=1e-6)
     # Padding is no part of the map: the same uniform map on a half-padded canvas counts 8 cells, not 16.
     half = torch.ones(1, 4, 4)
     half[:, :, 2:] = 0
-    assert box_fill_loss(torch.zeros(1, 4, 4), box * half, half).item() == pytest.approx(1 - 3 / 7, abs=1e-6)
+    assert map_dice(torch.zeros(1, 4, 4), box * half, half).item() == pytest.approx(1 - 3 / 7, abs=1e-6)
 
 
 def diagonal_scene(size=16):

@@ -175,8 +175,10 @@ def convert_official_state_dict(state_dict):
 def load_state_dict_checked(model, state_dict, source="checkpoint", describe=lambda k: k, fresh=()):
     """Strict load whose errors name every missing, unexpected or mis-shaped key. fresh: prefixes of the model's
     keys that may be missing (modules the checkpoint never had, which keep their initialisation)."""
-    expected = {k: v for k, v in model.state_dict().items()
-                if not (k.startswith(tuple(fresh)) and not any(s.startswith(tuple(fresh)) for s in state_dict))}
+    fresh = tuple(fresh)
+    # A prefix is fresh only when the checkpoint has none of its keys (one it has is loaded and checked as usual).
+    absent = tuple(p for p in fresh if not any(k.startswith(p) for k in state_dict))
+    expected = {k: v for k, v in model.state_dict().items() if not (absent and k.startswith(absent))}
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     shapes = [f"{describe(k)}: {source} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"

@@ -98,10 +98,11 @@ def pairwise_loss(logits, similarity, box_mask, valid, dilation, threshold):
     return (loss * weight).sum() / weight.sum().clamp(min=1.0)
 
 
-def box_fill_loss(logits, box_mask, valid):
-    """Dice of the map against the filled box per sample (SegVG's target): logits, box_mask, valid [B, h, w] -> [B]."""
+def map_dice(logits, target, valid):
+    """Dice of the map against a target on the image's cells, per sample: the filled box (SegVG's target, the
+    box-fill term) or the true mask. logits, target, valid [B, h, w] -> [B]."""
     prob = logits.sigmoid() * valid
-    return 1 - (2 * (prob * box_mask).sum((1, 2)) + 1) / (prob.sum((1, 2)) + box_mask.sum((1, 2)) + 1)
+    return 1 - (2 * (prob * target).sum((1, 2)) + 1) / (prob.sum((1, 2)) + target.sum((1, 2)) + 1)
 
 
 class FineMaskLoss(torch.nn.Module):
@@ -147,14 +148,13 @@ class FineMaskLoss(torch.nn.Module):
             # Focal averaged over the image's cells, dice on their sums: padding cells count in neither.
             cells = valid.sum((1, 2)).clamp(min=1)
             focal = (sigmoid_focal_loss(logits, target, reduction="none") * valid).sum((1, 2)) / cells
-            prob = logits.sigmoid() * valid
-            dice = 1 - (2 * (prob * target).sum((1, 2)) + 1) / (prob.sum((1, 2)) + target.sum((1, 2)) + 1)
+            dice = map_dice(logits, target, valid)
             losses["loss_mask_focal"] = self.weight_focal * (focal * keep).sum() / batch
             losses["loss_mask_dice"] = self.weight_dice * (dice * keep).sum() / batch
         boxed = from_box.to(logits.dtype)
         projection = projection_loss(logits, box_mask, valid)
         losses["loss_projection"] = self.weight_projection * (projection * boxed).sum() / batch
-        fill = box_fill_loss(logits, box_mask, valid)
+        fill = map_dice(logits, box_mask, valid)
         losses["loss_box_fill"] = self.weight_box_fill * (fill * boxed).sum() / batch
         similarity = color_similarity(img, stride, self.dilation)
         warm = min(1.0, fraction / self.warmup) if self.warmup > 0 else 1.0
