@@ -60,6 +60,7 @@ class SegVG(nn.Module):
         self.box_head = MLP(hidden_dim, hidden_dim, 4, 3)
         self.seg_head = SegmentationHead(2 * hidden_dim, hidden_dim, 1, 3)
         self.mask_head = mask_head  # None: the grid head's map is the model's mask (the original)
+        self.mask_head_detached = False  # set by build_segvg (--mask_head_gradient head)
         self.checkpoint_activations = False
 
     def set_activation_checkpointing(self, enabled):
@@ -107,7 +108,10 @@ class SegVG(nn.Module):
         grid = (self.grid_size, self.grid_size)
         seg_logits = self.seg_head(hs[-1, :, 1:2], pixels)[:, 0].unflatten(-1, grid)  # [B, g, g]
         if self.mask_head is not None:
-            seg_logits = self.mask_head(hs[-1, :, 1], pixels, seg_logits, {**finer, 1: img})
+            inputs = (hs[-1, :, 1], pixels, seg_logits, {**finer, 1: img})
+            if self.mask_head_detached:  # its terms train the head alone
+                inputs = (*(t.detach() for t in inputs[:3]), {s: f.detach() for s, f in inputs[3].items()})
+            seg_logits = self.mask_head(*inputs)
         out = {"pred_boxes": boxes[-1], "aux_boxes": boxes, "seg_logits": seg_logits}
         if aux:
             seg = self.seg_head(hs[:, :, 1:], pixels)  # [layers, B, seg queries, V]
@@ -141,5 +145,6 @@ def build_segvg(args):
     model = SegVG(visual, text, build_triple_alignment(args, text.dim), build_vl_encoder(args),
                   build_decoder(args), args.vl_hidden_dim, args.max_query_len, grid_size, args.num_seg_queries,
                   text.num_layers // args.enc_layers, build_mask_head(args, visual.backbone.feature_channels))
+    model.mask_head_detached = args.mask_head_gradient == "head"
     model.set_activation_checkpointing(args.checkpoint_activations)
     return model

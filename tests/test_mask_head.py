@@ -87,6 +87,17 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("gradient", ["shared", "head"])
+def test_detached_head_trains_the_head_alone(gradient):
+    """--mask_head_gradient head: the fine map's gradient reaches the head's parameters and nothing under it."""
+    args = tiny_train_args(*FINE, "--mask_head_gradient", gradient)
+    model = without_dropout(build_model(args))
+    model(*model_inputs(synthetic_batch(args, batch=2)))["seg_logits"].sum().backward()
+    reached = {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert "mask_head" in reached
+    assert (reached == {"mask_head"}) == (gradient == "head"), reached
+
+
 def test_seg_loss_off_turns_the_fine_terms_off_too():
     args = tiny_train_args(*FINE, "--seg_loss", "off")
     batch = synthetic_batch(args)

@@ -184,6 +184,10 @@ def _add_loss_flags(parser):
                       help="box: BoxInst's projection and pairwise terms from the ground-truth box; mask: focal + dice "
                            "against the true masks where the training set has them (the demo, JSONL \"mask\"), the box "
                            "terms for the samples without one; masks are read only with \"mask\"")
+    fine.add_argument("--mask_head_gradient", default="shared", choices=["shared", "head"],
+                      help="where the fine head's terms train: shared = the head and the network under it (backbone, "
+                           "encoders, queries); head = the head alone, on detached inputs, so the rest of the model "
+                           "trains as with the grid head (docs/model.md)")
     fine.add_argument("--mask_loss_stride", default=0, type=int, choices=[0, 1, 2, 4, 8, 16],
                       help="stride on the canvas at which the fine head's terms are computed, on its map upsampled "
                            "bilinearly (0: half the head's --mask_stride, at least 1; docs/model.md)")
