@@ -13,7 +13,7 @@ from utils.eval_utils import (canvas_probabilities, prediction_ious, segmentatio
 from utils.lr_scheduler import budget_spent, lr_factor, run_fraction, set_lr
 from utils.mask_metrics import MAPS, summarize_mask_results
 from utils.metric_logger import MetricLogger
-from utils.samplers import ResumableBatchSampler
+from datasets.samplers import ResumableBatchSampler
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -147,7 +147,7 @@ def train_one_epoch(state, data_loader, epoch, logger=None):
 def evaluate(model, data_loader, device, amp="off", desc="Eval", mask_scorer=None):
     """Box IoU of every sample of data_loader.dataset, each counted exactly once whatever the world size.
 
-    Each rank predicts its shard (utils.samplers.ShardSampler); the per-sample results are gathered by dataset
+    Each rank predicts its shard (datasets.samplers.ShardSampler); the per-sample results are gathered by dataset
     index. Returns {index: (IoU, predicted box [cx, cy, w, h], segmentation confidence, mask terms)} on every rank;
     the mask terms are mask_scorer(index, seg_logits, box)'s (utils.mask_metrics.MaskScorer), None without one.
     """

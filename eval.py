@@ -30,7 +30,7 @@ from utils.mask_metrics import MaskScorer
 from utils.options import AMP_CHOICES, add_backend_flags, add_mask_refine_flag, add_tokenizer_flags
 from utils.predictions import evaluation_records, worst_and_best
 from utils.runtime import compile_model, limit_opencv_threads, set_tf32
-from utils.samplers import ShardSampler
+from datasets.samplers import ShardSampler
 from utils.visualize import write_dataset_overlays
 
 # Flags that override the checkpoint's configuration when given.

@@ -2,10 +2,8 @@
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from utils.distributed import get_rank, get_world_size
-from utils.samplers import ResumableBatchSampler, ShardSampler
-
 from .grounding import GroundingDataset
+from .samplers import ResumableBatchSampler, ShardSampler, world_and_rank
 from .tokenizer import build_tokenizer
 from .transforms import make_transforms
 
@@ -52,7 +50,7 @@ def collate_fn(batch):
 def build_loaders(args, tokenizer):
     """(training loader, validation loader): the training batches shuffled per epoch across the processes and
     resumable mid-epoch, the validation samples sharded so that each is evaluated exactly once."""
-    world, rank = get_world_size(), get_rank()
+    world, rank = world_and_rank()
     dataset_train = build_dataset("train", args, tokenizer)
     dataset_val = build_dataset("val", args, tokenizer)
     if len(dataset_train) < args.batch_size * world:
@@ -77,6 +75,6 @@ def build_subset_loader(loader_val, args):
     """The first --eval_subset validation samples (their dataset indices are their positions, as evaluate needs)."""
     dataset = loader_val.dataset
     subset = Subset(dataset, range(min(args.eval_subset, len(dataset))))
-    world, rank = get_world_size(), get_rank()
+    world, rank = world_and_rank()
     return DataLoader(subset, batch_size=args.batch_size, collate_fn=collate_fn, num_workers=args.num_workers,
                       sampler=ShardSampler(len(subset), rank, world))

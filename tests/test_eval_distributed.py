@@ -8,7 +8,7 @@ from engine import evaluate
 from helpers import spawn, synthetic_batch, tiny_train_args
 from models import build_model
 from utils.distributed import init_distributed_mode
-from utils.samplers import ShardSampler
+from datasets.samplers import ShardSampler
 
 NUM_SAMPLES = 7  # not a multiple of 2 or 3
 

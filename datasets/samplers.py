@@ -1,7 +1,15 @@
 """Samplers: evaluation shards without DistributedSampler's padding; training batches that can start mid-epoch."""
 import itertools
 
+import torch.distributed as dist
 from torch.utils.data import BatchSampler, Sampler
+
+
+def world_and_rank():
+    """(world size, rank) of the process group the samplers shard over; (1, 0) in a plain process."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
 
 
 class ResumableBatchSampler(BatchSampler):
