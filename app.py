@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from datasets.files import FileWriteError
 from utils.checkpoint import CheckpointError
 from utils.options import add_backend_flags, add_mask_refine_flag, add_tokenizer_flags
 
@@ -88,5 +89,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (CheckpointError, FileNotFoundError, ImportError, ValueError, OSError) as err:
+    except (CheckpointError, FileWriteError, FileNotFoundError, ImportError, ValueError, OSError) as err:
         sys.exit(f"error: {err}")

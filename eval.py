@@ -18,7 +18,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from datasets import build_dataset, collate_fn
+from datasets.files import FileWriteError
 from datasets.records import write_jsonl
+from datasets.samplers import ShardSampler
 from engine import evaluate, format_stats, summarize_results
 from models.inference import prepare_for_inference
 from models.loading import load_from_checkpoint
@@ -30,7 +32,6 @@ from utils.mask_metrics import MaskScorer
 from utils.options import AMP_CHOICES, add_backend_flags, add_mask_refine_flag, add_tokenizer_flags
 from utils.predictions import evaluation_records, worst_and_best
 from utils.runtime import compile_model, limit_opencv_threads, set_tf32
-from datasets.samplers import ShardSampler
 from utils.visualize import write_dataset_overlays
 
 # Flags that override the checkpoint's configuration when given.
@@ -159,7 +160,7 @@ if __name__ == "__main__":
     code = 0
     try:
         main(get_args_parser().parse_args())
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
+    except (CheckpointError, FileWriteError, FileNotFoundError, ValueError) as err:
         if is_main_process():
             sys.stderr.write(f"error: {err}\n")
         code = 1

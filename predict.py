@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from datasets.files import FileWriteError
 from datasets.records import write_jsonl
 from models.predictor import SegVGPredictor, load_rgb
 from utils.checkpoint import CheckpointError
@@ -194,5 +195,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (CheckpointError, FileNotFoundError, ValueError) as err:  # OnnxModelError is a ValueError
+    except (CheckpointError, FileWriteError, FileNotFoundError, ValueError) as err:  # OnnxModelError is a ValueError
         sys.exit(f"error: {err}")

@@ -13,6 +13,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from datasets import build_loaders, build_subset_loader, build_tokenizer
+from datasets.files import FileWriteError
 from engine import NonFiniteLossError, TrainState, evaluate, format_stats, summarize_results, train_one_epoch
 from models import build_model
 from models.loading import apply_pretrained_config, load_weights, tokenizer_from_checkpoint
@@ -261,7 +262,7 @@ if __name__ == "__main__":
         status, stop = main(args, explicit_flags(parser, sys.argv[1:]))
         if status == "stopped":
             code = stop.exit_status()
-    except (NonFiniteLossError, CheckpointError, RunLockError, FileNotFoundError, ValueError) as err:
+    except (NonFiniteLossError, CheckpointError, FileWriteError, RunLockError, FileNotFoundError, ValueError) as err:
         if is_main_process():
             sys.stderr.write(f"error: {err}\n")
         code = 1

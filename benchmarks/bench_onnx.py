@@ -30,14 +30,10 @@ def write_checkpoint(path, model_flags):
     import torch
 
     from datasets import build_tokenizer
+    from datasets.files import atomic_save
     from models import build_model
     from tools.parity_recipe import official_state_dict
-    from utils.checkpoint import (
-        atomic_save,
-        load_official_checkpoint,
-        ours_to_official,
-        safe_load,
-    )
+    from utils.checkpoint import load_official_checkpoint, ours_to_official, safe_load
     from utils.options import build_training_parser
     from utils.training_state import json_config, tokenizer_info
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pycocotools import mask as coco_mask
 
-from utils.checkpoint import atomic_write
+from .files import atomic_write
 
 REQUIRED = ("image", "phrase", "box")
 OPTIONAL = ("id", "type", "mask")

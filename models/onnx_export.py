@@ -8,9 +8,9 @@ import warnings
 import torch
 from torch import nn
 
+from datasets.files import atomic_write
 from datasets.tokenizer import encode_text
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
-from utils.checkpoint import atomic_write
 from utils.training_state import json_config
 
 INPUT_NAMES = ["image", "image_mask", "text_ids", "text_mask"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from utils.checkpoint import atomic_write
+from datasets.files import atomic_write
 from utils.eval_utils import prediction_ious
 
 from .onnx_export import INPUT_NAMES

@@ -98,8 +98,8 @@ def write_tiny_checkpoint(path, seed=0, extra=()):
     """A checkpoint of a randomly initialised tiny model for the demo's vocabulary, as train.py writes it; extra:
     more model flags (e.g. ("--mask_head", "fine"))."""
     from datasets import build_tokenizer
+    from datasets.files import atomic_save
     from models import build_model
-    from utils.checkpoint import atomic_save
     from utils.training_state import json_config, tokenizer_info
 
     args = tiny_args("--dataset", "demo", *extra)

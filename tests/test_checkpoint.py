@@ -5,17 +5,12 @@ import pytest
 import torch
 
 from helpers import model_inputs, synthetic_batch, tiny_args
+
+from datasets.files import FileWriteError, atomic_save
 from models import build_model
 from utils import checkpoint
-from utils.checkpoint import (
-    CheckpointError,
-    atomic_save,
-    load_detr_weights,
-    load_official_checkpoint,
-    load_state_dict_checked,
-    ours_to_official,
-    safe_load,
-)
+from utils.checkpoint import (CheckpointError, load_detr_weights, load_official_checkpoint, load_state_dict_checked,
+                              ours_to_official, safe_load)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +106,7 @@ def test_atomic_save_keeps_the_previous_file_on_failure(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(CheckpointError, match="cannot write .*checkpoint_latest.pth: disk full; the previous "
+    with pytest.raises(FileWriteError, match="cannot write .*checkpoint_latest.pth: disk full; the previous "
                                               "checkpoint is kept"):
         atomic_save({"epoch": 2}, path)
     assert os.listdir(tmp_path) == ["checkpoint_latest.pth"]

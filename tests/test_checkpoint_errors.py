@@ -16,9 +16,10 @@ import eval as eval_script
 import predict
 import train
 from datasets import build_tokenizer, demo
+from datasets.files import FileWriteError, atomic_save
 from helpers import TINY_TRAIN, tiny_args
 from models import build_model
-from utils.checkpoint import CheckpointError, atomic_save
+from utils.checkpoint import CheckpointError
 from utils.training_state import json_config, tokenizer_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +112,7 @@ def test_disk_full_keeps_the_previous_checkpoint_the_log_and_the_config(files, t
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(CheckpointError, match=r"cannot write .*checkpoint_latest\.pth: no space left on device; "
+    with pytest.raises(FileWriteError, match=r"cannot write .*checkpoint_latest\.pth: no space left on device; "
                                               r"the previous checkpoint is kept"):
         train.main(train_args(files, output_dir, "--auto_resume", "--epochs", "2"))
     assert (output_dir / "checkpoint_latest.pth").read_bytes() == before

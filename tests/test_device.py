@@ -7,9 +7,10 @@ import pytest
 import torch
 from helpers import model_inputs, synthetic_batch, tiny_args, without_dropout
 
+from datasets.files import atomic_save
 from engine import to_device
 from models import build_model
-from utils.checkpoint import atomic_save, safe_load
+from utils.checkpoint import safe_load
 from utils.losses import build_criterion
 
 pytestmark = pytest.mark.device

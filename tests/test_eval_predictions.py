@@ -7,10 +7,10 @@ from PIL import Image
 from torchvision.ops import box_iou
 
 from datasets import build_tokenizer, demo
+from datasets.files import atomic_save
 from eval import get_args_parser, main
 from helpers import tiny_args
 from models import build_model
-from utils.checkpoint import atomic_save
 from utils.training_state import json_config, tokenizer_info
 
 

@@ -11,10 +11,10 @@ from pycocotools import mask as coco_mask
 import eval as eval_script
 from datasets import build_index, build_tokenizer
 from datasets.records import rasterize
+from datasets.files import atomic_save
 from helpers import tiny_args
 from models import build_model
 from test_build_index import rectangle, refer_root  # noqa: F401 (a fixture)
-from utils.checkpoint import atomic_save
 from utils.mask_metrics import box_mask, intersection_union, save_png, summarize_masks
 from utils.training_state import json_config, tokenizer_info
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datasets.files import FileWriteError
 from models.inference import prepare_for_inference
 from models.loading import load_from_checkpoint, tokenizer_overrides
 from models.onnx_export import DEFAULT_OPSET, compare_with_onnxruntime, export_onnx
@@ -61,5 +62,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (CheckpointError, OnnxModelError, FileNotFoundError, ValueError) as err:
+    except (CheckpointError, FileWriteError, OnnxModelError, FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")

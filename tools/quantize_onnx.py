@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import build_dataset
+from datasets.files import FileWriteError
 from models.loading import load_from_checkpoint, tokenizer_overrides
 from models.onnx_quantize import (
     box_agreement,
@@ -96,5 +97,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (CheckpointError, OnnxModelError, FileNotFoundError, ValueError) as err:
+    except (CheckpointError, FileWriteError, OnnxModelError, FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")

@@ -1,15 +1,13 @@
-"""Checkpoint I/O: durable atomic saves, safe loads with one-line errors, and the key maps from official SegVG and
+"""Checkpoint reading: safe loads with one-line errors, and the key maps from official SegVG and
 DETR checkpoints."""
 import argparse
-import errno
-import os
 import pickle
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from datasets.files import first_line
 
 # Official SegVG key prefixes and ours; {i} is a layer index, {x} one of q/k/v. First match wins.
 OFFICIAL_KEY_MAP = [
@@ -96,66 +94,6 @@ def safe_load(path):
         detail = first_line(str(err)) if isinstance(err, RuntimeError) else f"{type(err).__name__} {err}"
         raise CheckpointError(f"{path} is truncated or corrupt: {detail}; write it again or use another "
                               f"checkpoint") from None
-
-
-def first_line(text):
-    """The first sentence of an error message (torch's zip reader appends a paragraph of advice)."""
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line.split(". ")[0]
-
-
-def fsync_folder(folder):
-    """Make a rename or a new file in folder durable (a no-op where folders cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path, write):
-    """write(file) into a temporary file of path's folder, fsync it, rename it over path, fsync the folder: after a
-    crash or a power cut path holds either the old or the new content, never a mix. A failure (disk full,
-    permission denied) raises CheckpointError and leaves path as it was."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_folder(path.parent)
-        os.replace(tmp, path)
-        tmp = None
-        fsync_folder(path.parent)
-    except (OSError, RuntimeError) as err:
-        raise CheckpointError(f"cannot write {path}: {write_failure(err, path.parent)}; the previous "
-                              f"{'checkpoint' if path.suffix == '.pth' else 'file'} is kept") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_failure(err, folder):
-    """Why a write failed, in words: torch's zip writer reports a full disk as 'unexpected pos ...'."""
-    if isinstance(err, OSError) and err.errno is not None:
-        return os.strerror(err.errno).lower()
-    try:
-        if shutil.disk_usage(folder).free < 1 << 20:
-            return os.strerror(errno.ENOSPC).lower()
-    except OSError:
-        pass
-    return first_line(str(err))
-
-
-def atomic_save(obj, path):
-    """torch.save through atomic_write."""
-    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def is_official_state_dict(state_dict):

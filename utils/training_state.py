@@ -4,7 +4,8 @@ import json
 import os
 from pathlib import Path
 
-from utils.checkpoint import CheckpointError, atomic_save, atomic_write, load_state_dict_checked, safe_load
+from datasets.files import atomic_save, atomic_write
+from utils.checkpoint import CheckpointError, load_state_dict_checked, safe_load
 from utils.distributed import all_gather_object, is_main_process
 from utils.rng import get_rng_state
 
