@@ -5,7 +5,7 @@
     python app.py --checkpoint ckpt/unc/best_checkpoint.pth --port 7861
     python app.py --backend onnxruntime --onnx segvg.onnx           # ONNX Runtime (docs/onnx.md)
 
-The page's work is done by utils.app_request over models.predictor.SegVGPredictor; utils.web_app lays it out.
+The page's work is done by inference.app_request over inference.predictor.SegVGPredictor; inference.web_app lays it out.
 """
 import argparse
 import sys
@@ -56,7 +56,7 @@ def demo_examples(data_root, count):
 
 
 def build_predictor(opts):
-    from models.predictor import SegVGPredictor
+    from inference import SegVGPredictor
 
     if opts.backend == "onnxruntime":
         return SegVGPredictor.from_onnx(opts.onnx, opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file)
@@ -70,7 +70,7 @@ def build_predictor(opts):
 def main(argv=None):
     opts = get_args_parser().parse_args(argv)
     try:
-        from utils.web_app import build_app
+        from inference.web_app import build_app
     except ImportError as err:
         raise ImportError(f"{err.name or err} is missing: install the app's requirements with "
                           f"`pip install -r requirements-app.txt`") from None

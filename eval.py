@@ -22,9 +22,9 @@ from datasets.files import FileWriteError
 from datasets.records import write_jsonl
 from datasets.samplers import ShardSampler
 from engine import evaluate, format_stats, summarize_results
-from models.inference import prepare_for_inference
-from models.loading import load_from_checkpoint
-from models.onnx_runtime import OnnxRuntimeModel
+from inference.fast_path import prepare_for_inference
+from inference.loading import load_from_checkpoint
+from inference.onnx_runtime import OnnxRuntimeModel
 from utils.checkpoint import CheckpointError
 from utils.distributed import destroy_process_group, get_rank, get_world_size, init_distributed_mode, is_main_process
 from utils.eval_utils import MASK_THRESHOLD

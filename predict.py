@@ -5,7 +5,7 @@
     python predict.py --checkpoint CKPT --images photos/ --phrase "the dog" --output_dir preds --save_masks
     python predict.py --checkpoint CKPT --pairs pairs.jsonl --output_dir preds --visualize 8
 
-The library behind it: models.predictor.SegVGPredictor.
+The library behind it: inference.predictor.SegVGPredictor.
 """
 import argparse
 import glob
@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from datasets.files import FileWriteError
 from datasets.records import write_jsonl
-from models.predictor import SegVGPredictor, load_rgb
+from inference import SegVGPredictor, load_rgb
 from utils.checkpoint import CheckpointError
 from utils.eval_utils import MASK_THRESHOLD
 from utils.mask_metrics import save_png

@@ -15,8 +15,8 @@ from torch.nn.parallel import DistributedDataParallel
 from datasets import build_loaders, build_subset_loader, build_tokenizer
 from datasets.files import FileWriteError
 from engine import NonFiniteLossError, TrainState, evaluate, format_stats, summarize_results, train_one_epoch
+from inference.loading import apply_pretrained_config, load_weights, tokenizer_from_checkpoint
 from models import build_model
-from models.loading import apply_pretrained_config, load_weights, tokenizer_from_checkpoint
 from utils.checkpoint import CheckpointError, load_detr_weights, safe_load
 from utils.distributed import (all_gather_object, destroy_process_group, get_rank, get_world_size,
                                init_distributed_mode, is_main_process)

@@ -228,9 +228,9 @@ def model_args(inputs):
 
 
 def prepare_fast_path(model):
-    """The checkout's inference fast path if it has one (models.inference); False otherwise."""
+    """The checkout's inference fast path if it has one (inference.fast_path); False otherwise."""
     try:
-        from models.inference import prepare_for_inference
+        from inference.fast_path import prepare_for_inference
     except ImportError:
         return False
     prepare_for_inference(model)

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from models.onnx_export import DEFAULT_OPSET
+from inference.onnx_export import DEFAULT_OPSET
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--backbone", "resnet18", "--imsize", "256", "--bert_layers", "4", "--enc_layers", "2",
@@ -52,10 +52,10 @@ def worker(opts):
     """One (backend, batch) latency in this process; prints a JSON line."""
     import torch
 
-    from models.inference import prepare_for_inference
-    from models.loading import load_from_checkpoint
-    from models.onnx_export import example_inputs, parity_phrases
-    from models.onnx_runtime import OnnxRuntimeModel
+    from inference.fast_path import prepare_for_inference
+    from inference.loading import load_from_checkpoint
+    from inference.onnx_export import example_inputs, parity_phrases
+    from inference.onnx_runtime import OnnxRuntimeModel
 
     model, tokenizer, args, _ = load_from_checkpoint(opts.checkpoint)
     phrases = parity_phrases(args)[1:]
@@ -84,9 +84,9 @@ def arithmetic_floor(checkpoint):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from models.inference import prepare_for_inference
-    from models.loading import load_from_checkpoint
-    from models.onnx_export import example_inputs, parity_phrases
+    from inference.fast_path import prepare_for_inference
+    from inference.loading import load_from_checkpoint
+    from inference.onnx_export import example_inputs, parity_phrases
 
     model, tokenizer, args, _ = load_from_checkpoint(checkpoint)
     model = prepare_for_inference(model)
@@ -127,9 +127,10 @@ def run_tool(command):
 def quantize_generated(opts, onnx_path, method):
     """The benchmark model's int8 version; static calibration on generated inputs (latency does not depend on them)."""
     from datasets import build_tokenizer
-    from models.loading import load_from_checkpoint
-    from models.onnx_export import INPUT_NAMES, example_inputs, parity_phrases
-    from models.onnx_quantize import quantize_dynamic_int8, quantize_static_int8
+    from inference.loading import load_from_checkpoint
+    from inference.onnx_export import example_inputs, parity_phrases
+    from inference.onnx_quantize import quantize_dynamic_int8, quantize_static_int8
+    from inference.onnx_runtime import INPUT_NAMES
 
     out = onnx_path.with_suffix(f".{method}.onnx")
     if method == "dynamic":

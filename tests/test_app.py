@@ -1,4 +1,4 @@
-"""The browser demo: its requests (utils.app_request) directly, then the page in a real headless Chromium."""
+"""The browser demo: its requests (inference.app_request) directly, then the page in a real headless Chromium."""
 import io
 import json
 import os
@@ -15,8 +15,8 @@ from helpers import free_port, noise_image, write_tiny_checkpoint
 from PIL import Image
 
 import predict
-from models.predictor import SegVGPredictor
-from utils.app_request import MAX_SIDE, RequestError, ground
+from inference import SegVGPredictor
+from inference.app_request import MAX_SIDE, RequestError, ground
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

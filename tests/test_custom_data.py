@@ -15,7 +15,7 @@ from datasets import build_index, objects
 from datasets.records import RecordError
 from datasets.validate import validate
 from helpers import TINY_TRAIN
-from models.predictor import SegVGPredictor
+from inference import SegVGPredictor
 from utils.checkpoint import CheckpointError, safe_load
 
 COUNTS = ["--train", "24", "--val", "8", "--test", "8"]

@@ -1,4 +1,4 @@
-"""models.loading rebuilds a model from a checkpoint alone: ours (config + vocabulary inside) or an official one (its
+"""inference.loading rebuilds a model from a checkpoint alone: ours (config + vocabulary inside) or an official one (its
 argparse Namespace merged over the defaults, overrides such as eval.py's data flags winning)."""
 import argparse
 
@@ -6,13 +6,13 @@ import torch
 
 from datasets.tokenizer import DEMO_VOCAB
 from helpers import synthetic_batch, tiny_train_args
-from models import build_model
-from models.loading import (
+from inference.loading import (
     load_from_checkpoint,
     load_model,
     resolve_config,
     tokenizer_from_checkpoint,
 )
+from models import build_model
 from utils.checkpoint import ours_to_official, safe_load
 from utils.training_state import json_config, tokenizer_info
 

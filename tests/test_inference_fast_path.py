@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from helpers import model_inputs, synthetic_batch, tiny_args
+from inference.fast_path import fold_batchnorm, prepare_for_inference
 from models import build_model
 from models.backbone import FrozenBatchNorm2d
-from models.inference import fold_batchnorm, prepare_for_inference
 
 
 def randomize_norms(model, seed=0):

@@ -13,9 +13,9 @@ from helpers import (model_inputs, noise_image, synthetic_batch, tiny_args, tiny
 import eval as eval_script
 import predict
 from datasets import demo
+from inference.fast_path import prepare_for_inference
+from inference.loading import load_from_checkpoint, load_weights, resolve_config
 from models import build_model
-from models.inference import prepare_for_inference
-from models.loading import load_from_checkpoint, load_weights, resolve_config
 from models.mask_head import default_mask_stride
 from utils.checkpoint import CheckpointError, safe_load
 from utils.losses import build_criterion
@@ -162,7 +162,7 @@ def test_fine_checkpoint_through_predict_and_eval(fine_checkpoint, tmp_path):
 def test_fine_checkpoint_exports_to_onnx(fine_checkpoint, tmp_path):
     pytest.importorskip("onnxruntime", reason="pip install -r requirements-onnx.txt")
     pytest.importorskip("onnxscript", reason="pip install -r requirements-onnx.txt")
-    from models.onnx_export import compare_with_onnxruntime
+    from inference.onnx_export import compare_with_onnxruntime
     from tools import export_onnx
 
     path = tmp_path / "fine.onnx"
@@ -171,7 +171,7 @@ def test_fine_checkpoint_exports_to_onnx(fine_checkpoint, tmp_path):
     worst = compare_with_onnxruntime(prepare_for_inference(model, channels_last=False), args, tokenizer, path,
                                      batches=(1, 2))
     assert worst["boxes"] <= 1e-4 and worst["probabilities"] <= export_onnx.PROBABILITY_TOLERANCE
-    from models.predictor import SegVGPredictor
+    from inference import SegVGPredictor
 
     image = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
     onnx = SegVGPredictor.from_onnx(path, fine_checkpoint)(image, "the red circle")

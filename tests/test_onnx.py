@@ -13,8 +13,8 @@ pytest.importorskip("onnxscript", reason="pip install -r requirements-onnx.txt")
 from helpers import write_tiny_checkpoint
 
 import predict
-from models.onnx_runtime import OnnxModelError, OnnxRuntimeModel
-from models.predictor import SegVGPredictor
+from inference import SegVGPredictor
+from inference.onnx_runtime import OnnxModelError, OnnxRuntimeModel
 from tools import export_onnx
 
 
@@ -49,9 +49,9 @@ def test_export_writes_metadata_and_checks_against_pytorch(exported, capsys):
 
 
 def test_onnxruntime_matches_pytorch_within_tolerance(exported):
-    from models.inference import prepare_for_inference
-    from models.loading import load_from_checkpoint
-    from models.onnx_export import compare_with_onnxruntime
+    from inference.fast_path import prepare_for_inference
+    from inference.loading import load_from_checkpoint
+    from inference.onnx_export import compare_with_onnxruntime
 
     checkpoint, path = exported
     model, tokenizer, args, _ = load_from_checkpoint(checkpoint)
@@ -77,9 +77,9 @@ def test_opset_23_exports_onnx_attention_that_onnxruntime_runs(exported, tmp_pat
 
 def test_a_different_model_fails_the_comparison(exported, tmp_path):
     """The comparison can fail: the export of another model's weights does not match this one."""
-    from models.inference import prepare_for_inference
-    from models.loading import load_from_checkpoint
-    from models.onnx_export import compare_with_onnxruntime
+    from inference.fast_path import prepare_for_inference
+    from inference.loading import load_from_checkpoint
+    from inference.onnx_export import compare_with_onnxruntime
 
     _, path = exported
     other = write_tiny_checkpoint(tmp_path / "other.pth", seed=1)

@@ -9,10 +9,10 @@ pytest.importorskip("onnxscript", reason="pip install -r requirements-onnx.txt")
 
 from helpers import make_demo, noise_image, write_tiny_checkpoint
 
-from models.onnx_export import example_inputs
-from models.onnx_quantize import spread_indices
-from models.onnx_runtime import OnnxModelError, OnnxRuntimeModel
-from models.predictor import SegVGPredictor
+from inference import SegVGPredictor
+from inference.onnx_export import example_inputs
+from inference.onnx_quantize import spread_indices
+from inference.onnx_runtime import OnnxModelError, OnnxRuntimeModel
 from tools import export_onnx, quantize_onnx
 
 

@@ -11,7 +11,7 @@ from torch import nn
 import predict
 from datasets import build_tokenizer
 from datasets.transforms import canvas_to_image, eval_placement, make_transforms
-from models.predictor import SegVGPredictor
+from inference import SegVGPredictor
 from utils.eval_utils import segmentation_confidence
 
 

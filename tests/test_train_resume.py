@@ -11,7 +11,7 @@ import train
 from datasets import build_dataset, collate_fn
 from engine import NonFiniteLossError, evaluate, summarize_results
 from helpers import TINY_TRAIN, make_demo
-from models.loading import load_from_checkpoint
+from inference.loading import load_from_checkpoint
 from utils.checkpoint import safe_load
 
 STEPS_PER_EPOCH = 4

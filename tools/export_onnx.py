@@ -11,10 +11,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.files import FileWriteError
-from models.inference import prepare_for_inference
-from models.loading import load_from_checkpoint, tokenizer_overrides
-from models.onnx_export import DEFAULT_OPSET, compare_with_onnxruntime, export_onnx
-from models.onnx_runtime import OnnxModelError
+from inference.fast_path import prepare_for_inference
+from inference.loading import load_from_checkpoint, tokenizer_overrides
+from inference.onnx_export import DEFAULT_OPSET, compare_with_onnxruntime, export_onnx
+from inference.onnx_runtime import OnnxModelError
 from utils.checkpoint import CheckpointError
 from utils.options import add_tokenizer_flags
 

@@ -15,15 +15,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import build_dataset
 from datasets.files import FileWriteError
-from models.loading import load_from_checkpoint, tokenizer_overrides
-from models.onnx_quantize import (
+from inference.loading import load_from_checkpoint, tokenizer_overrides
+from inference.onnx_quantize import (
     box_agreement,
     quantize_dynamic_int8,
     quantize_static_int8,
     sample_feeds,
     spread_indices,
 )
-from models.onnx_runtime import OnnxModelError, OnnxRuntimeModel
+from inference.onnx_runtime import OnnxModelError, OnnxRuntimeModel
 from utils.checkpoint import CheckpointError
 from utils.options import add_tokenizer_flags
 

@@ -24,7 +24,7 @@ from utils.eval_utils import MASK_THRESHOLD, canvas_probabilities, segmentation_
 from utils.mask_refine import refine_mask
 from utils.runtime import resolve_device
 
-from .inference import prepare_for_inference
+from .fast_path import prepare_for_inference
 from .loading import load_from_checkpoint, resolve_config, tokenizer_from_checkpoint, tokenizer_overrides
 
 
@@ -47,7 +47,7 @@ class SegVGPredictor:
 
     def __init__(self, model, tokenizer, args, device="cpu", fast=True, mask_threshold=MASK_THRESHOLD,
                  mask_refine="none"):
-        """fast: predict with a BatchNorm-folded, channels-last copy of model (models.inference); model itself
+        """fast: predict with a BatchNorm-folded, channels-last copy of model (inference.fast_path); model itself
         is left untouched. mask_threshold: where "binary_mask" is cut out of the map. mask_refine: "grabcut" adds
         "refined_mask" to every result."""
         if fast:
@@ -64,7 +64,7 @@ class SegVGPredictor:
     def from_checkpoint(cls, path, device="auto", bert_model=None, vocab_file=None, fast=True,
                         mask_threshold=MASK_THRESHOLD, mask_refine="none"):
         """Rebuild from a checkpoint alone (ours or an official one; fast: the inference fast path of
-        models.inference). bert_model / vocab_file choose the tokenizer of an official checkpoint."""
+        inference.fast_path). bert_model / vocab_file choose the tokenizer of an official checkpoint."""
         overrides = tokenizer_overrides(bert_model, vocab_file)
         model, tokenizer, args, _ = load_from_checkpoint(path, overrides)
         if fast:  # the model is ours alone: fold it in place instead of a copy
@@ -75,7 +75,7 @@ class SegVGPredictor:
     @classmethod
     def from_onnx(cls, onnx_path, checkpoint=None, device="auto", bert_model=None, vocab_file=None,
                   mask_threshold=MASK_THRESHOLD, mask_refine="none"):
-        """The network of an ONNX export run by ONNX Runtime (models.onnx_runtime); the configuration and
+        """The network of an ONNX export run by ONNX Runtime (inference.onnx_runtime); the configuration and
         tokenizer come from checkpoint when given, else from the export's metadata."""
         from .onnx_runtime import OnnxRuntimeModel
 

@@ -8,7 +8,7 @@ from datasets.tokenizer import build_tokenizer
 from utils.checkpoint import is_official_state_dict, load_official_checkpoint, load_state_dict_checked, safe_load
 from utils.options import model_flags, training_defaults
 
-from . import build_model
+from models import build_model
 
 # Settings of the run that trained, never taken from a checkpoint: the run that loads it has its own.
 RUN_KEYS = {"output_dir", "device", "batch_size", "num_workers", "resume", "auto_resume", "dist_url", "tensorboard",

@@ -1,6 +1,6 @@
 """The inference graph as ONNX (tools/export_onnx.py): image, its padding mask, token ids and attention mask in;
 the box and the evaluation segmentation logits out. The configuration and the vocabulary go into the file's
-metadata, so that models.onnx_runtime needs nothing else (docs/onnx.md)."""
+metadata, so that inference.onnx_runtime needs nothing else (docs/onnx.md)."""
 import json
 import logging
 import warnings
@@ -13,8 +13,8 @@ from datasets.tokenizer import encode_text
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from utils.training_state import json_config
 
-INPUT_NAMES = ["image", "image_mask", "text_ids", "text_mask"]
-OUTPUT_NAMES = ["pred_boxes", "seg_logits"]
+from .onnx_runtime import INPUT_NAMES, OUTPUT_NAMES, OnnxRuntimeModel
+
 DEFAULT_OPSET = 18
 
 
@@ -96,8 +96,6 @@ def parity_phrases(args):
 def compare_with_onnxruntime(model, args, tokenizer, path, batches=(1, 3), seed=1):
     """ONNX Runtime vs model (the same prepared model that was exported) on generated batches. Returns the largest
     absolute differences: "boxes" (canvas units, 0-1) and "probabilities" (of the segmentation map)."""
-    from .onnx_runtime import OnnxRuntimeModel
-
     network = OnnxRuntimeModel(path)
     phrases = parity_phrases(args)
     worst = {"boxes": 0.0, "probabilities": 0.0}

@@ -1,13 +1,14 @@
-"""An exported SegVG (models.onnx_export) run by ONNX Runtime, called like the PyTorch model, so that
+"""An exported SegVG (inference.onnx_export) run by ONNX Runtime, called like the PyTorch model, so that
 SegVGPredictor swaps only the network call (--backend onnxruntime)."""
 import json
 from pathlib import Path
 
 import torch
 
-from .onnx_export import INPUT_NAMES
-
-QUANTIZATION_KEY = "segvg_quantization"  # metadata of an int8 version (models.onnx_quantize): what was quantised
+# The graph's interface, which inference.onnx_export writes and this module reads.
+INPUT_NAMES = ["image", "image_mask", "text_ids", "text_mask"]
+OUTPUT_NAMES = ["pred_boxes", "seg_logits"]
+QUANTIZATION_KEY = "segvg_quantization"  # metadata of an int8 version (inference.onnx_quantize): what was quantised
 
 
 class OnnxModelError(ValueError):

@@ -1,5 +1,5 @@
 """The browser demo's page (Gradio): an image and phrases in; boxes and masks drawn, a table, files to download.
-The work of a request is utils.app_request's; this module lays out the page and wires it."""
+The work of a request is inference.app_request's; this module lays out the page and wires it."""
 import shutil
 import tempfile
 from itertools import count
@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from utils.app_request import MAX_PHRASES, TABLE_HEADERS, RequestError, ground
+from inference.app_request import MAX_PHRASES, TABLE_HEADERS, RequestError, ground
 from utils.mask_refine import REFINEMENTS
 
 KEEP_REQUESTS = 16  # request folders kept on disk for their downloads; older ones are deleted
@@ -24,7 +24,7 @@ def keep_unreadable_uploads(image):
     def tolerant(payload):
         try:
             return preprocess(payload)
-        except Exception:  # noqa: BLE001 (PIL raises many kinds; utils.app_request says what was wrong)
+        except Exception:  # noqa: BLE001 (PIL raises many kinds; inference.app_request says what was wrong)
             return str(payload.path) if payload is not None and payload.path else None
 
     image.preprocess = tolerant
@@ -54,7 +54,7 @@ def status_text(header, notes=(), error=None):
 
 
 def build_app(predictor, checkpoint_name, examples=(), mask_refine="none"):
-    """predictor: models.predictor.SegVGPredictor; examples: [image path, phrase] pairs shown under the inputs;
+    """predictor: inference.predictor.SegVGPredictor; examples: [image path, phrase] pairs shown under the inputs;
     mask_refine: the page's initial mask refinement (utils.mask_refine)."""
     folders = RequestFolders()
     header = f"checkpoint `{checkpoint_name}` on {predictor.device.type}"

@@ -10,8 +10,7 @@ from tqdm import tqdm
 from datasets.files import atomic_write
 from utils.eval_utils import prediction_ious
 
-from .onnx_export import INPUT_NAMES
-from .onnx_runtime import QUANTIZATION_KEY, OnnxModelError, require_onnxruntime
+from .onnx_runtime import INPUT_NAMES, QUANTIZATION_KEY, OnnxModelError, require_onnxruntime
 
 STATIC_OPS = ["Conv", "MatMul"]
 # ORT's dynamically quantised convolutions (ConvInteger) are slower than its float ones on CPU: matrix products only.
