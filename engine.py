@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from utils.distributed import all_gather_object, get_world_size, is_main_process, reduce_mean
@@ -147,8 +148,8 @@ def train_one_epoch(state, data_loader, epoch, logger=None):
 def evaluate(model, data_loader, device, amp="off", desc="Eval", mask_scorer=None):
     """Box IoU of every sample of data_loader.dataset, each counted exactly once whatever the world size.
 
-    Each rank predicts its shard (datasets.samplers.ShardSampler); the per-sample results are gathered by dataset
-    index. Returns {index: (IoU, predicted box [cx, cy, w, h], segmentation confidence, mask terms)} on every rank;
+    Each rank predicts its shard (datasets.build_eval_loader: by image, each image's CNN once for its expressions);
+    the per-sample results are gathered by dataset index. Returns {index: (IoU, predicted box [cx, cy, w, h], segmentation confidence, mask terms)} on every rank;
     the mask terms are mask_scorer(index, seg_logits, box)'s (utils.mask_metrics.MaskScorer), None without one.
     """
     model.eval()
@@ -157,7 +158,8 @@ def evaluate(model, data_loader, device, amp="off", desc="Eval", mask_scorer=Non
                       mininterval=1.0):
         batch = to_device(batch, device)
         with autocast(device, amp):
-            outputs = model(batch["img"], batch["img_mask"], batch["text_ids"], batch["text_mask"], aux=False)
+            outputs = model(batch["img"], batch["img_mask"], batch["text_ids"], batch["text_mask"], aux=False,
+                            image_index=batch.get("image_index"))
         boxes = outputs["pred_boxes"].float()
         ious = prediction_ious(boxes, batch["target"])
         confidence = segmentation_confidence(canvas_probabilities(outputs["seg_logits"], batch["img"].shape[-1]))
@@ -173,31 +175,48 @@ def evaluate(model, data_loader, device, amp="off", desc="Eval", mask_scorer=Non
         if repeated:
             raise RuntimeError(f"samples evaluated on more than one rank: {sorted(repeated)[:10]}")
         results.update(part)
-    expected = len(data_loader.dataset)
-    if sorted(results) != list(range(expected)):
-        raise RuntimeError(f"evaluated {len(results)} distinct samples, the dataset has {expected}")
+    dataset = data_loader.dataset
+    expected = list(dataset.indices) if isinstance(dataset, Subset) else list(range(len(dataset)))
+    if sorted(results) != sorted(expected):
+        raise RuntimeError(f"evaluated {len(results)} distinct samples, the dataset has {len(expected)}")
     return results
 
 
 def summarize_results(results, dataset):
     """Acc@0.5, Acc@0.75, mIoU and count, plus "by_type" when the dataset labels its expressions (the demo; "type"
-    in JSONL datasets, where unlabelled ones count as "untyped"), plus the mask metrics of the three maps
-    ("mask", "pred_box_mask", "gt_box_mask") when the results hold mask terms."""
+    in JSONL datasets, where unlabelled ones count as "untyped"), "by_dataset" for a mix of datasets (--dataset A,B),
+    plus the mask metrics of the three maps ("mask", "pred_box_mask", "gt_box_mask") when the results hold mask
+    terms."""
     indices = sorted(results)
     ious = [results[i][0] for i in indices]
     stats = summarize(ious)
     types = None
     if hasattr(dataset, "sample_info"):
-        types = [dataset.sample_info(i).get("expr_type") for i in indices]
+        infos = [dataset.sample_info(i) for i in indices]
+        types = [info.get("expr_type") for info in infos]
         if any(t is not None for t in types):
             types = ["untyped" if t is None else t for t in types]
             stats["by_type"] = summarize_by_group(ious, types)
         else:
             types = None
+        if "dataset" in infos[0]:
+            stats["by_dataset"] = summarize_by_group(ious, [info["dataset"] for info in infos])
     masks = [results[i][3] for i in indices]
     if any(m is not None for m in masks):
         stats.update(summarize_mask_results(masks, types))
     return stats
+
+
+def selection_score(stats, best_on=""):
+    """What the best checkpoint follows: Acc@0.5; for a mix, the mean of its datasets' (or best_on's alone)."""
+    by_dataset = stats.get("by_dataset")
+    if not by_dataset:
+        return stats["accu"]
+    if best_on:
+        if best_on not in by_dataset:
+            raise ValueError(f"--best_on {best_on}: not a dataset of this run ({', '.join(by_dataset)})")
+        return by_dataset[best_on]["accu"]
+    return sum(s["accu"] for s in by_dataset.values()) / len(by_dataset)
 
 
 MAP_NAMES = {"mask": "model mask", "pred_box_mask": "predicted box", "gt_box_mask": "ground-truth box"}
@@ -207,7 +226,7 @@ def format_stats(stats):
     """One line for the overall numbers, then one per expression type; then the mask metrics, when there are."""
     lines = [f"Acc@0.5 {stats['accu']:.4f} | Acc@0.75 {stats['accu@0.75']:.4f} | mIoU {stats['miou']:.4f} "
              f"| {stats['count']} samples"]
-    for name, s in stats.get("by_type", {}).items():
+    for name, s in [*stats.get("by_dataset", {}).items(), *stats.get("by_type", {}).items()]:
         lines.append(f"  {name:<10} Acc@0.5 {s['accu']:.4f} | Acc@0.75 {s['accu@0.75']:.4f} | mIoU {s['miou']:.4f} "
                      f"| {s['count']} samples")
     if "mask" in stats:

@@ -1,13 +1,15 @@
-"""Evaluate a SegVG checkpoint (ours or an official one) on one split: Acc@0.5, Acc@0.75 and mean IoU, and the masks'
-mIoU, oIoU and Prec@0.5:0.9 where the dataset has ground-truth masks.
+"""Evaluate a SegVG checkpoint (ours or an official one) on one split or several: Acc@0.5, Acc@0.75 and mean IoU, and
+the masks' mIoU, oIoU and Prec@0.5:0.9 where the dataset has ground-truth masks.
 
     python eval.py --checkpoint outputs/demo/best_checkpoint.pth --eval_set test
-    torchrun --nproc_per_node 4 eval.py --checkpoint ckpt/gref_umd/best_checkpoint.pth --eval_set test \
+    torchrun --nproc_per_node 4 eval.py --checkpoint ckpt/gref_umd/best_checkpoint.pth --eval_set val,test \
         --data_root data/images --split_root data/split
+    python eval.py --checkpoint CKPT --eval_sets unc:val,unc:testA,unc+:testB,gref_umd:test   # or --eval_sets paper
 
 The model configuration and the tokenizer come from the checkpoint; the data flags below override its data paths.
 """
 import argparse
+import copy
 import datetime
 import json
 import sys
@@ -15,18 +17,16 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
-from datasets import build_dataset, collate_fn
-from datasets.files import FileWriteError
+from datasets import build_dataset, build_eval_loader
+from datasets.files import FileWriteError, atomic_write
+from datasets.mixed import dataset_names
 from datasets.records import write_jsonl
-from datasets.samplers import ShardSampler
 from engine import evaluate, format_stats, summarize_results
 from inference.fast_path import prepare_for_inference
-from inference.loading import load_from_checkpoint
+from utils.checkpoint import CheckpointError, load_from_checkpoint
 from inference.onnx_runtime import OnnxRuntimeModel
-from utils.checkpoint import CheckpointError
-from utils.distributed import destroy_process_group, get_rank, get_world_size, init_distributed_mode, is_main_process
+from utils.distributed import destroy_process_group, init_distributed_mode, is_main_process
 from utils.eval_utils import MASK_THRESHOLD
 from utils.mask_metrics import MaskScorer
 from utils.options import AMP_CHOICES, add_backend_flags, add_mask_refine_flag, add_tokenizer_flags
@@ -35,7 +35,9 @@ from utils.runtime import compile_model, limit_opencv_threads, set_tf32
 from utils.visualize import write_dataset_overlays
 
 # Flags that override the checkpoint's configuration when given.
-DATA_FLAGS = ("dataset", "data_root", "split_root", "bert_model", "vocab_file")
+DATA_FLAGS = ("data_root", "split_root", "bert_model", "vocab_file")
+# The nine splits of the paper's tables (RefCOCO, RefCOCO+, RefCOCOg google and umd): --eval_sets paper.
+PAPER_SPLITS = "unc:val,unc:testA,unc:testB,unc+:val,unc+:testA,unc+:testB,gref:val,gref_umd:val,gref_umd:test"
 
 
 def get_args_parser():
@@ -43,7 +45,11 @@ def get_args_parser():
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoint", "--eval_model", dest="checkpoint", required=True,
                         help="checkpoint to evaluate, ours or an official one (--eval_model is the original's name)")
-    parser.add_argument("--eval_set", default="test", help="split to evaluate: val, test, testA, testB, ...")
+    parser.add_argument("--eval_set", help="split(s) of --dataset to evaluate: val, test, testA, ..., or several, "
+                                            "comma-separated (val,testA,testB) [default: test]")
+    parser.add_argument("--eval_sets",
+                        help="DATASET:SPLIT pairs, comma-separated (unc:val,unc+:testA,...), or 'paper' for the nine "
+                             "splits of the paper's tables; replaces --eval_set and --dataset")
     parser.add_argument("--output_dir", default="",
                         help="folder of eval_<dataset>_<split>.json, eval_log.txt and overlays (default: the "
                              "checkpoint's folder)")
@@ -64,12 +70,15 @@ def get_args_parser():
     masks.add_argument("--no_mask_metrics", action="store_true",
                        help="skip the mask metrics even where the dataset has ground-truth masks")
     data = parser.add_argument_group("data (default: the checkpoint's)")
-    data.add_argument("--dataset", help="dataset of --eval_set: a built-in one or a JSONL dataset's name")
+    data.add_argument("--dataset", help="dataset of --eval_set: a built-in one or a JSONL dataset's name [default: the "
+                                        "checkpoint's]")
     data.add_argument("--data_root", help="image root")
     data.add_argument("--split_root", help="folder holding <dataset>/<dataset>_<split>.pth")
     add_tokenizer_flags(data)
     run = parser.add_argument_group("run")
-    run.add_argument("--batch_size", default=32, type=int, help="samples per process and forward pass")
+    run.add_argument("--batch_size", default=32, type=int,
+                     help="expressions per process and forward pass (an image's expressions share one batch where "
+                          "they fit: its CNN runs once)")
     run.add_argument("--num_workers", default=4, type=int, help="DataLoader worker processes per process")
     run.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cuda, cuda:N or cpu")
     run.add_argument("--dist_url", default="env://", help="init_method of the process group under torchrun")
@@ -83,13 +92,37 @@ def get_args_parser():
     return parser
 
 
+def eval_targets(opts):
+    """[(dataset or None for the checkpoint's, split)] from --eval_sets or --dataset / --eval_set."""
+    if opts.eval_sets:
+        if opts.eval_set is not None or opts.dataset is not None:
+            raise ValueError("--eval_sets names each split's dataset (DATASET:SPLIT): drop --eval_set and --dataset")
+        targets = []
+        for item in (PAPER_SPLITS if opts.eval_sets == "paper" else opts.eval_sets).split(","):
+            dataset, _, split = item.strip().rpartition(":")
+            if not dataset or not split:
+                raise ValueError(f"--eval_sets entry {item.strip()!r}: write DATASET:SPLIT, e.g. unc:testA")
+            targets.append((dataset, split))
+    else:
+        targets = [(opts.dataset, split.strip()) for split in (opts.eval_set or "test").split(",")]
+    repeated = {target for target in targets if targets.count(target) > 1}
+    if repeated or any(not split for _, split in targets):
+        raise ValueError(f"--eval_set/--eval_sets: empty or repeated splits in {opts.eval_sets or opts.eval_set!r}")
+    return targets
+
+
 def main(opts):
-    """Evaluate; returns the summary (Acc@0.5 as "accu", "accu@0.75", "miou", "count", per type on the demo)."""
+    """Evaluate; returns the summary of the split (Acc@0.5 as "accu", "accu@0.75", "miou", "count", per type on the
+    demo), or with several splits {"dataset:split": summary}."""
     init_distributed_mode(opts)
     limit_opencv_threads()
+    targets = eval_targets(opts)
     device = torch.device(opts.device)
     overrides = {key: getattr(opts, key) for key in DATA_FLAGS if getattr(opts, key) is not None}
     model, tokenizer, args, official = load_from_checkpoint(opts.checkpoint, overrides)
+    if any(name is None for name, _ in targets) and len(dataset_names(args.dataset)) > 1:
+        raise ValueError(f"{opts.checkpoint} was trained on several datasets ({args.dataset}): name the one to evaluate "
+                         f"with --dataset NAME, or several with --eval_sets NAME:SPLIT,...")
     if opts.backend == "onnxruntime":
         model, device = OnnxRuntimeModel(opts.onnx), torch.device("cpu")
         model.check_matches(args, opts.checkpoint)
@@ -101,43 +134,76 @@ def main(opts):
             set_tf32(True)
         if opts.compile:
             compile_model(model, device)
-
-    dataset = build_dataset(opts.eval_set, args, tokenizer)
-    loader = DataLoader(dataset, batch_size=opts.batch_size, sampler=ShardSampler(len(dataset), get_rank(),
-                                                                                   get_world_size()),
-                        collate_fn=collate_fn, num_workers=opts.num_workers, pin_memory=device.type == "cuda")
     output_dir = Path(opts.output_dir or Path(opts.checkpoint).parent)
+    several = len(targets) > 1
+    summary = {}
+    for dataset_name, split in targets:
+        split_args = copy.copy(args)
+        split_args.dataset = dataset_name or args.dataset
+        summary[f"{split_args.dataset}:{split}"] = evaluate_split(opts, model, tokenizer, split_args, official, device,
+                                                                  split, output_dir, several)
+    if not several:
+        return next(iter(summary.values()))
+    print(format_summary(summary))
+    if is_main_process():
+        report = {"checkpoint": str(opts.checkpoint), "backend": opts.backend, "splits": summary}
+        atomic_write(output_dir / "eval_summary.json", lambda f: f.write(json.dumps(report, indent=1).encode()))
+    return summary
+
+
+def format_summary(summary):
+    """One table of every split: Acc@0.5, Acc@0.75, mIoU, count and the model mask's mIoU where there is one."""
+    lines = ["| dataset:split | Acc@0.5 | Acc@0.75 | mIoU | samples | mask mIoU |", "|---|---|---|---|---|---|"]
+    for name, stats in summary.items():
+        mask = f"{stats['mask']['miou']:.4f}" if "mask" in stats else "-"
+        lines.append(f"| {name} | {stats['accu']:.4f} | {stats['accu@0.75']:.4f} | {stats['miou']:.4f} | "
+                     f"{stats['count']} | {mask} |")
+    return "\n".join(lines)
+
+
+def evaluate_split(opts, model, tokenizer, args, official, device, split, output_dir, several):
+    """One split: evaluate, print, write its eval_<dataset>_<split>.json (and what was asked for); -> its summary.
+    With several splits, a split's masks, predictions and overlays get names of their own."""
+    dataset = build_dataset(split, args, tokenizer)
+    loader = build_eval_loader(dataset, opts.batch_size, opts.num_workers, pin_memory=device.type == "cuda")
     score = not opts.no_mask_metrics and dataset.has_masks()
+    files_dir = output_dir / f"{args.dataset}_{split}" if several else output_dir
     scorer = None
     if score or opts.save_masks:
-        scorer = MaskScorer(dataset, args, opts.mask_threshold, score, output_dir if opts.save_masks else None,
+        scorer = MaskScorer(dataset, args, opts.mask_threshold, score, files_dir if opts.save_masks else None,
                             opts.save_probabilities, opts.mask_refine)
     start = time.time()
-    results = evaluate(model, loader, device, opts.amp, desc=f"Eval {opts.eval_set}", mask_scorer=scorer)
+    results = evaluate(model, loader, device, opts.amp, desc=f"Eval {args.dataset} {split}", mask_scorer=scorer)
     stats = summarize_results(results, dataset)
     cost = scorer.refine_cost() if scorer is not None else None
     if cost is not None:
         stats["mask_refine"] = cost
     backend = f", ONNX Runtime on {opts.onnx}" if opts.backend == "onnxruntime" else ""
-    print(f"{args.dataset} {opts.eval_set} ({'official' if official else 'our'} checkpoint {opts.checkpoint}{backend}):")
+    print(f"{args.dataset} {split} ({'official' if official else 'our'} checkpoint {opts.checkpoint}{backend}):")
     print(format_stats(stats))
     if cost is not None:
         print(f"mask refinement {cost['method']}: {cost['ms_per_expression']:.1f} ms per expression "
               f"({cost['count']} on this process)")
     print(f"Evaluation time {datetime.timedelta(seconds=int(time.time() - start))}")
     if is_main_process():
-        write_outputs(opts, args, model, dataset, results, stats, device, output_dir, scorer)
+        predictions = opts.save_predictions
+        if predictions and several:
+            predictions = str(Path(predictions).with_name(f"{Path(predictions).stem}_{args.dataset}_{split}"
+                                                          f"{Path(predictions).suffix or '.jsonl'}"))
+        write_outputs(opts, args, split, model, dataset, results, stats, device, output_dir, files_dir, scorer,
+                      predictions)
     return stats
 
 
-def write_outputs(opts, args, model, dataset, results, stats, device, output_dir, scorer):
+def write_outputs(opts, args, split, model, dataset, results, stats, device, output_dir, files_dir, scorer,
+                  predictions):
     output_dir.mkdir(parents=True, exist_ok=True)
     report = {"checkpoint": str(opts.checkpoint), "backend": opts.backend, "onnx": opts.onnx, "dataset": args.dataset,
-              "eval_set": opts.eval_set, "mask_threshold": opts.mask_threshold, **stats}
-    (output_dir / f"eval_{args.dataset}_{opts.eval_set}.json").write_text(json.dumps(report, indent=1))
+              "eval_set": split, "mask_threshold": opts.mask_threshold, **stats}
+    (output_dir / f"eval_{args.dataset}_{split}.json").write_text(json.dumps(report, indent=1))
     with (output_dir / "eval_log.txt").open("a") as f:
         f.write(json.dumps(report) + "\n")
-    if not (opts.save_predictions or opts.visualize > 0 or opts.save_masks):
+    if not (predictions or opts.visualize > 0 or opts.save_masks):
         return
     records = evaluation_records(results, dataset, args)
     if opts.save_masks:
@@ -147,11 +213,11 @@ def write_outputs(opts, args, model, dataset, results, stats, device, output_dir
                 record["probability"] = str(scorer.mask_path(record["index"], "probabilities"))
             if opts.mask_refine != "none":
                 record[f"{opts.mask_refine}_mask"] = str(scorer.mask_path(record["index"], f"masks_{opts.mask_refine}"))
-    if opts.save_predictions:
-        write_jsonl(opts.save_predictions, records)
-        print(f"{len(records)} prediction records written to {opts.save_predictions}")
+    if predictions:
+        write_jsonl(predictions, records)
+        print(f"{len(records)} prediction records written to {predictions}")
     if opts.visualize > 0:
-        folder = output_dir / "visualize"
+        folder = files_dir / "visualize"
         paths = write_dataset_overlays(model, dataset, worst_and_best(records, opts.visualize), folder, args, device)
         print(f"{len(paths)} overlays (worst and best IoU) written to {folder}")
 

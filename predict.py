@@ -4,8 +4,11 @@
         [--phrase "another phrase" ...] [--out vis.png] [--json]
     python predict.py --checkpoint CKPT --images photos/ --phrase "the dog" --output_dir preds --save_masks
     python predict.py --checkpoint CKPT --pairs pairs.jsonl --output_dir preds --visualize 8
+    torchrun --nproc_per_node 4 predict.py --checkpoint CKPT --images photos/ --phrase "the dog" --output_dir preds \
+        [--auto_resume]
 
-The library behind it: inference.predictor.SegVGPredictor.
+The library behind it: inference.predictor.SegVGPredictor; with --output_dir, inference.prediction_run (the inputs
+sharded by image over the processes, records appended per batch, an interrupted run continued with --auto_resume).
 """
 import argparse
 import glob
@@ -18,9 +21,11 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.files import FileWriteError
-from datasets.records import write_jsonl
+from datasets.samplers import ImageBatchSampler
 from inference import SegVGPredictor, load_rgb
+from inference.prediction_run import PredictionRun
 from utils.checkpoint import CheckpointError
+from utils.distributed import destroy_process_group, init_distributed_mode, is_main_process
 from utils.eval_utils import MASK_THRESHOLD
 from utils.mask_metrics import save_png
 from utils.options import add_backend_flags, add_mask_refine_flag, add_tokenizer_flags
@@ -55,10 +60,19 @@ def get_args_parser():
     outputs.add_argument("--visualize", type=int, default=0,
                          help="with --output_dir: overlays of the first N predictions in <output_dir>/overlays")
     outputs.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run")
+    outputs.add_argument("--auto_resume", action="store_true",
+                         help="continue the interrupted run in --output_dir: the inputs it has written are not "
+                              "predicted again")
     outputs.add_argument("--json", action="store_true", help="print one prediction record (JSON) per line")
     run = parser.add_argument_group("run")
-    run.add_argument("--batch_size", type=int, default=16, help="pairs per forward pass")
-    run.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cuda, cuda:N or cpu")
+    run.add_argument("--batch_size", type=int, default=16,
+                     help="pairs per forward pass (an image's phrases share one where they fit: its CNN runs once)")
+    run.add_argument("--device", default="auto",
+                     help="auto (cuda if available, else cpu), cuda, cuda:N or cpu (under torchrun: each process's GPU)")
+    run.add_argument("--dist_url", default="env://", help="init_method of the process group under torchrun")
+    run.add_argument("--shard", default="", metavar="K/N",
+                     help="with --output_dir, outside torchrun: predict shard K of N (0-based; one task of a SLURM "
+                          "array) and leave the merge to the same command without --shard (docs/evaluation.md)")
     add_tokenizer_flags(run)
     run.add_argument("--plain_inference", action="store_true",
                      help="run the model as trained (no BatchNorm folding, no channels-last CNN)")
@@ -100,34 +114,39 @@ def overlay_paths(out, count):
 
 
 def check_outputs(opts):
-    if not opts.output_dir or opts.overwrite:
+    if not opts.output_dir or opts.overwrite or opts.auto_resume:
         return
-    names = ["predictions.jsonl", "masks", "probabilities", "overlays"]
+    names = ["predictions.jsonl", "parts", "masks", "probabilities", "overlays"]
     if opts.mask_refine != "none":
         names.append(f"masks_{opts.mask_refine}")
     taken = [Path(opts.output_dir) / name for name in names]
     taken = [str(p) for p in taken if p.exists()]
     if taken:
-        raise ValueError(f"{', '.join(taken)} already exist: give another --output_dir, or --overwrite")
+        raise ValueError(f"{', '.join(taken)} already exist: give another --output_dir, --auto_resume to continue "
+                         f"that run, or --overwrite")
 
 
-def predict_all(predictor, pairs, batch_size):
-    """Yields (pair index, rgb, result); an image that cannot be read is reported and skipped."""
-    for start in tqdm(range(0, len(pairs), batch_size), desc="Predict", unit="batch", disable=len(pairs) <= batch_size):
-        chunk, loaded = [], {}
-        for k in range(start, min(start + batch_size, len(pairs))):
+def predict_batches(predictor, pairs, batches, progress=None):
+    """Yields (pair index, rgb, result) for each pair of each batch (lists of pair indices), each image read and
+    encoded once per batch; an image that cannot be read gives (pair index, None, why) and a warning."""
+    for batch in batches:
+        loaded = {}
+        for k in batch:
             image = pairs[k][0]
             if image not in loaded:
                 try:
                     loaded[image] = load_rgb(image)
                 except (FileNotFoundError, ValueError) as err:
-                    loaded[image] = None
-                    print(f"warning: skipped {image}: {err}", file=sys.stderr)
-            if loaded[image] is not None:
-                chunk.append(k)
-        if chunk:
-            results = predictor.predict([loaded[pairs[k][0]] for k in chunk], [pairs[k][1] for k in chunk])
-            yield from ((k, loaded[pairs[k][0]], result) for k, result in zip(chunk, results))
+                    loaded[image] = str(err)
+                    sys.stderr.write(f"warning: skipped {image}: {err}\n")  # every rank reports its own
+        good = [k for k in batch if not isinstance(loaded[pairs[k][0]], str)]
+        results = predictor.predict([loaded[pairs[k][0]] for k in good], [pairs[k][1] for k in good]) if good else []
+        by_pair = dict(zip(good, results))
+        for k in batch:
+            image = loaded[pairs[k][0]]
+            yield (k, image, by_pair[k]) if k in by_pair else (k, None, image)
+        if progress is not None:
+            progress.update(len(loaded))
 
 
 def build_predictor(opts):
@@ -139,6 +158,103 @@ def build_predictor(opts):
                                           mask_refine=opts.mask_refine)
 
 
+def write_outputs(opts, pairs, k, rgb, result, overlays):
+    """Masks and overlay of pair k -> its prediction record, naming them."""
+    image, phrase = pairs[k]
+    output_dir = Path(opts.output_dir) if opts.output_dir else None
+    extra = {"image_size": result["image_size"]}
+    if opts.save_masks and output_dir is not None:
+        name = f"{k:05d}_{Path(image).stem}.png"
+        extra["mask"] = str(output_dir / "masks" / name)
+        save_png(result["binary_mask"].astype(np.uint8) * 255, output_dir / "masks" / name)
+        if opts.save_probabilities:
+            extra["probability"] = str(output_dir / "probabilities" / name)
+            save_png(np.round(result["mask"] * 255).astype(np.uint8), output_dir / "probabilities" / name)
+        if "refined_mask" in result:
+            folder = output_dir / f"masks_{opts.mask_refine}"
+            extra[f"{opts.mask_refine}_mask"] = str(folder / name)
+            save_png(result["refined_mask"].astype(np.uint8) * 255, folder / name)
+    if k in overlays:
+        overlays[k].parent.mkdir(parents=True, exist_ok=True)
+        shown = result["refined_mask"].astype(np.float32) if "refined_mask" in result else result["mask"]
+        draw_overlay(rgb, result["box"], shown, phrase, result["score"]).save(overlays[k])
+        extra["overlay"] = str(overlays[k])
+    return prediction_record(image, phrase, result["box"], result["score"], **extra)
+
+
+def overlay_targets(opts, count):
+    overlays = dict(enumerate(overlay_paths(opts.out, count))) if opts.out else {}
+    if opts.output_dir:
+        folder = Path(opts.output_dir) / "overlays"
+        overlays.update({k: folder / f"{k:04d}.png" for k in range(min(opts.visualize, count))})
+    return overlays
+
+
+def parse_shard(text):
+    """--shard "K/N" -> (K, N); "" -> None."""
+    if not text:
+        return None
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        k = n = -1
+    if not 0 <= k < n:
+        raise ValueError(f"--shard {text!r}: give K/N with 0 <= K < N, e.g. --shard 0/4")
+    return k, n
+
+
+def predict_to_screen(opts, predictor, pairs):
+    """No --output_dir: records printed in input order (--json: as JSON lines). -> the results."""
+    overlays = overlay_targets(opts, len(pairs))
+    batches = list(ImageBatchSampler([str(image) for image, _ in pairs], opts.batch_size))
+    done = {}
+    for k, rgb, result in predict_batches(predictor, pairs, batches):
+        if rgb is not None:
+            done[k] = (result, write_outputs(opts, pairs, k, rgb, result, overlays))
+    for k in sorted(done):
+        result, record = done[k]
+        if opts.json:
+            print(json.dumps(record))
+        else:
+            box = ", ".join(f"{v:.1f}" for v in record["box"])
+            print(f"{record['image']}: \"{record['phrase']}\" -> box [{box}] score {record['score']:.3f}"
+                  + (f" (overlay {overlays[k]})" if k in overlays else ""))
+    return [done[k][0] for k in sorted(done)]
+
+
+def predict_to_folder(opts, predictor, pairs):
+    """--output_dir: this process's share, appended batch by batch, then merged (inference.prediction_run).
+    -> the merged records (on rank 0)."""
+    run = PredictionRun(opts.output_dir, len(pairs), parse_shard(opts.shard))
+    if run.existing() and opts.overwrite:
+        run.clear()
+    done = run.open()
+    if done:
+        print(f"--auto_resume: {len(done)} of {len(pairs)} inputs already done in {opts.output_dir}, "
+              f"{len(pairs) - len(done)} to go", file=sys.stderr)
+    batches = run.batches(pairs, done, opts.batch_size)
+    overlays = overlay_targets(opts, len(pairs))
+    images = len({str(pairs[k][0]) for batch in batches for k in batch})
+    with tqdm(total=images, desc="Predict", unit="image", disable=not is_main_process() or len(batches) <= 1,
+              dynamic_ncols=True, mininterval=1.0) as progress:
+        for batch in batches:  # a batch's masks first, then its records: a record never names a missing file
+            entries = []
+            for k, rgb, result in predict_batches(predictor, pairs, [batch], progress):
+                if rgb is None:
+                    entries.append({"index": k, "image": str(pairs[k][0]), "phrase": pairs[k][1], "skipped": result})
+                else:
+                    entries.append({**write_outputs(opts, pairs, k, rgb, result, overlays), "index": k})
+            run.append(entries)
+    records, skipped = run.finish()
+    if run.shard is not None:
+        print(f"shard {opts.shard} done; once every shard is, the same command without --shard (with --auto_resume) "
+              f"writes {Path(opts.output_dir) / 'predictions.jsonl'}", file=sys.stderr)
+    elif is_main_process():
+        print(f"{len(records)} prediction records written to {Path(opts.output_dir) / 'predictions.jsonl'}"
+              + (f" ({len(skipped)} pairs skipped)" if skipped else ""), file=sys.stderr)
+    return records
+
+
 def main(argv=None):
     parser = get_args_parser()
     opts = parser.parse_args(argv)
@@ -146,50 +262,22 @@ def main(argv=None):
         parser.error("--backend onnxruntime needs --onnx FILE (tools/export_onnx.py writes one)")
     if opts.backend == "pytorch" and (opts.onnx or not opts.checkpoint):
         parser.error("give --checkpoint CKPT" if not opts.onnx else "--onnx needs --backend onnxruntime")
+    if opts.auto_resume and not opts.output_dir:
+        parser.error("--auto_resume continues the run in --output_dir: give it")
     pairs = read_inputs(opts)
+    init_distributed_mode(opts)
+    if opts.distributed and not opts.output_dir:
+        raise ValueError("predict.py under torchrun writes its records to --output_dir: give one")
+    if opts.shard and (opts.distributed or not opts.output_dir):
+        raise ValueError("--shard K/N is for separate processes outside torchrun, each with the same --output_dir")
+    parse_shard(opts.shard)
     check_outputs(opts)
     warnings.simplefilter("always")
     warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"
     predictor = build_predictor(opts)
-    output_dir = Path(opts.output_dir) if opts.output_dir else None
-    overlays = dict(enumerate(overlay_paths(opts.out, len(pairs)))) if opts.out else {}
-    if output_dir is not None:
-        overlays.update({k: output_dir / "overlays" / f"{k:04d}.png" for k in range(min(opts.visualize, len(pairs)))})
-    records, results = [], []
-    for k, rgb, result in predict_all(predictor, pairs, opts.batch_size):
-        image, phrase = pairs[k]
-        extra = {"image_size": result["image_size"]}
-        if opts.save_masks and output_dir is not None:
-            name = f"{k:05d}_{Path(image).stem}.png"
-            extra["mask"] = str(output_dir / "masks" / name)
-            save_png(result["binary_mask"].astype(np.uint8) * 255, output_dir / "masks" / name)
-            if opts.save_probabilities:
-                extra["probability"] = str(output_dir / "probabilities" / name)
-                save_png(np.round(result["mask"] * 255).astype(np.uint8), output_dir / "probabilities" / name)
-            if "refined_mask" in result:
-                folder = output_dir / f"masks_{opts.mask_refine}"
-                extra[f"{opts.mask_refine}_mask"] = str(folder / name)
-                save_png(result["refined_mask"].astype(np.uint8) * 255, folder / name)
-        if k in overlays:
-            overlays[k].parent.mkdir(parents=True, exist_ok=True)
-            shown = result["refined_mask"].astype(np.float32) if "refined_mask" in result else result["mask"]
-            draw_overlay(rgb, result["box"], shown, phrase, result["score"]).save(overlays[k])
-            extra["overlay"] = str(overlays[k])
-        record = prediction_record(image, phrase, result["box"], result["score"], **extra)
-        records.append(record)
-        results.append(result)
-        if opts.json:
-            print(json.dumps(record))
-        elif output_dir is None:
-            box = ", ".join(f"{v:.1f}" for v in record["box"])
-            print(f"{image}: \"{phrase}\" -> box [{box}] score {record['score']:.3f}"
-                  + (f" (overlay {overlays[k]})" if k in overlays else ""))
-    if output_dir is not None:
-        write_jsonl(output_dir / "predictions.jsonl", records)
-        print(f"{len(records)} prediction records written to {output_dir / 'predictions.jsonl'}"
-              + (f" ({len(pairs) - len(records)} pairs skipped)" if len(records) < len(pairs) else ""),
-              file=sys.stderr)
-    return results
+    if opts.output_dir:
+        return predict_to_folder(opts, predictor, pairs)
+    return predict_to_screen(opts, predictor, pairs)
 
 
 if __name__ == "__main__":
@@ -197,3 +285,5 @@ if __name__ == "__main__":
         main()
     except (CheckpointError, FileWriteError, FileNotFoundError, ValueError) as err:  # OnnxModelError is a ValueError
         sys.exit(f"error: {err}")
+    finally:
+        destroy_process_group()

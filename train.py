@@ -4,6 +4,7 @@
     torchrun --nproc_per_node 8 train.py ...     (see train.sh)
 """
 import datetime
+import json
 import os
 import sys
 import time
@@ -13,11 +14,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from datasets import build_loaders, build_subset_loader, build_tokenizer
-from datasets.files import FileWriteError
-from engine import NonFiniteLossError, TrainState, evaluate, format_stats, summarize_results, train_one_epoch
-from inference.loading import apply_pretrained_config, load_weights, tokenizer_from_checkpoint
+from datasets.files import FileWriteError, atomic_write
+from datasets.mixed import dataset_names
+from engine import (NonFiniteLossError, TrainState, evaluate, format_stats, selection_score, summarize_results,
+                    train_one_epoch)
 from models import build_model
-from utils.checkpoint import CheckpointError, load_detr_weights, safe_load
+from utils.checkpoint import (CheckpointError, apply_pretrained_config, load_detr_weights, load_weights, safe_load,
+                              tokenizer_from_checkpoint)
 from utils.distributed import (all_gather_object, destroy_process_group, get_rank, get_world_size,
                                init_distributed_mode, is_main_process)
 from utils.losses import build_criterion
@@ -97,6 +100,27 @@ def curve_validator(model, loader_val, run, args, device):
     return validate
 
 
+def report_mix(args, dataset):
+    """Several datasets: one line per dataset (kept, dropped), mixed_data.json in the output folder."""
+    if len(dataset_names(args.dataset)) == 1:
+        return
+    if args.allow_test_images:
+        print(f"warning: --allow_test_images: the training expressions of {args.dataset} are kept even where their "
+              f"image is in an evaluation split; test figures of this run are not fair")
+        report = {name: {"kept": len(part), "dropped": 0, "dropped_images": []}
+                  for name, part in zip(dataset.names, dataset.datasets)}
+    else:
+        report = dataset.dropped
+    for name, counts in report.items():
+        print(f"{name}: {counts['kept']} training expressions kept, {counts['dropped']} dropped (their "
+              f"{len(counts['dropped_images'])} images are in evaluation splits)")
+    if is_main_process():
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"allow_test_images": args.allow_test_images, "holdout_images": args.holdout_images,
+                           "datasets": report}, indent=1)
+        atomic_write(Path(args.output_dir) / "mixed_data.json", lambda f: f.write(text.encode()))
+
+
 def lock_output_dir(args):
     """The output folder's lock, taken by rank 0 (the writer); every rank raises the same error when it is held."""
     lock, error = OutputDirLock(args.output_dir), None
@@ -119,7 +143,7 @@ def main(args, explicit=()):
         raise ValueError(f"--cosine_hold must be in [0, 1), got {args.cosine_hold}")
     if args.keep_last < 1:
         raise ValueError(f"--keep_last must be at least 1, got {args.keep_last}")
-    args.output_dir = args.output_dir or str(Path("outputs") / args.dataset)
+    args.output_dir = args.output_dir or str(Path("outputs") / "+".join(dataset_names(args.dataset)))
     init_distributed_mode(args)
     lock = lock_output_dir(args)
     try:
@@ -156,6 +180,7 @@ def train(args, stop, explicit=()):
         # A BERT trained from scratch gets exactly one embedding row per token of the vocabulary in use.
         args.bert_vocab_size = len(tokenizer)
     loader_train, loader_val = build_loaders(args, tokenizer)
+    report_mix(args, loader_train.dataset)
     model = build_model(args)
     if pretrained is not None and not args.resume:
         load_weights(model, pretrained, official, f"pretrained checkpoint {args.pretrained}", new_mask_head=True)
@@ -233,8 +258,9 @@ def train(args, stop, explicit=()):
         val_stats = summarize_results(evaluate(model_without_ddp, loader_val, device, args.amp, desc="Val"),
                                       loader_val.dataset)
         print(f"epoch {epoch} validation: {format_stats(val_stats)}")
-        improved = val_stats["accu"] > progress["best_accu"]
-        progress["best_accu"] = max(progress["best_accu"], val_stats["accu"])
+        score = selection_score(val_stats, args.best_on)
+        improved = score > progress["best_accu"]
+        progress["best_accu"] = max(progress["best_accu"], score)
         log = {"epoch": epoch, "step": progress["step"], **{f"train_{k}": v for k, v in train_stats.items()},
                **{f"validation_{k}": v for k, v in val_stats.items()}, "n_parameters": n_parameters,
                "train_seconds": progress["train_seconds"]}

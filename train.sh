@@ -9,7 +9,8 @@
 #                                      the paper's recipe on a real dataset (docs/training.md), then the evaluation
 #                                      of its best checkpoint on the dataset's test splits.
 #
-# Environment: DATASET (a built-in dataset or the name of a JSONL one, docs/custom_data.md), DATA_ROOT (default
+# Environment: DATASET (a built-in dataset or the name of a JSONL one, docs/custom_data.md; several, comma-separated,
+# train on their union: docs/training.md), DATA_ROOT (default
 # data/images), SPLIT_ROOT (default data/split), DETR_MODEL, PRETRAINED (a checkpoint to fine-tune from: train.py
 # --pretrained), OUTPUT_DIR (default outputs/<dataset>), DEMO_MINUTES, NPROC (processes per node, default 1), NNODES,
 # NODE_RANK, MASTER_ADDR, MASTER_PORT (multi-node rendezvous), PYTHON. Extra arguments go to train.py and override the
@@ -42,7 +43,7 @@ fi
 
 DATA_ROOT=${DATA_ROOT:-data/images}
 SPLIT_ROOT=${SPLIT_ROOT:-data/split}
-OUTPUT_DIR=${OUTPUT_DIR:-outputs/$DATASET}
+OUTPUT_DIR=${OUTPUT_DIR:-outputs/${DATASET//,/+}}
 DETR_FLAG=()
 if [ -n "${DETR_MODEL:-}" ]; then
     DETR_FLAG=(--detr_model "$DETR_MODEL")
@@ -59,17 +60,25 @@ launch train.py --dataset "$DATASET" --data_root "$DATA_ROOT" --split_root "$SPL
     "${PRETRAINED_FLAG[@]}" "$@"
 
 # The splits each dataset reports (gref has no test split: its val is the reported one; a JSONL dataset: those of
-# val and test that it has).
-case "$DATASET" in
-    unc|unc+) EVAL_SETS=(val testA testB) ;;
-    gref) EVAL_SETS=(val) ;;
-    gref_umd|referit|flickr) EVAL_SETS=(val test) ;;
-    *) EVAL_SETS=()
-       for split in val test; do
-           [ -f "$SPLIT_ROOT/$DATASET/${DATASET}_$split.jsonl" ] && EVAL_SETS+=("$split")
-       done ;;
-esac
-for split in "${EVAL_SETS[@]}"; do
-    launch eval.py --checkpoint "$OUTPUT_DIR/best_checkpoint.pth" --eval_set "$split" --output_dir "$OUTPUT_DIR" \
-        --data_root "$DATA_ROOT" --split_root "$SPLIT_ROOT"
+# val and test that it has), evaluated in one eval.py call (the model loaded once); a mix: every dataset's.
+splits_of() {
+    case "$1" in
+        unc|unc+) echo val testA testB ;;
+        gref) echo val ;;
+        gref_umd|referit|flickr) echo val test ;;
+        *) for split in val test; do
+               [ -f "$SPLIT_ROOT/$1/$1_$split.jsonl" ] && echo "$split"
+           done ;;
+    esac
+}
+EVAL_SETS=()
+IFS=, read -r -a NAMES <<< "$DATASET"
+for name in "${NAMES[@]}"; do
+    for split in $(splits_of "$name"); do
+        EVAL_SETS+=("$name:$split")
+    done
 done
+if [ "${#EVAL_SETS[@]}" -gt 0 ]; then
+    launch eval.py --checkpoint "$OUTPUT_DIR/best_checkpoint.pth" --eval_sets "$(IFS=,; echo "${EVAL_SETS[*]}")" \
+        --output_dir "$OUTPUT_DIR" --data_root "$DATA_ROOT" --split_root "$SPLIT_ROOT"
+fi

@@ -18,34 +18,11 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.checkpoints import ROOT, write_checkpoint
 from inference.onnx_export import DEFAULT_OPSET
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--backbone", "resnet18", "--imsize", "256", "--bert_layers", "4", "--enc_layers", "2",
          "--vl_enc_layers", "2", "--vl_dec_layers", "2", "--max_query_len", "20"]
-
-
-def write_checkpoint(path, model_flags):
-    """A checkpoint of the benchmark's model: parity case A's weights at full size, else a seeded random init."""
-    import torch
-
-    from datasets import build_tokenizer
-    from datasets.files import atomic_save
-    from models import build_model
-    from tools.parity_recipe import official_state_dict
-    from utils.checkpoint import load_official_checkpoint, ours_to_official, safe_load
-    from utils.options import build_training_parser
-    from utils.training_state import json_config, tokenizer_info
-
-    args = build_training_parser().parse_args(["--bert_init", "random", *model_flags])
-    torch.manual_seed(0)
-    model = build_model(args)
-    if not model_flags:
-        recipe = safe_load(ROOT / "tests" / "data" / "case_A.pt")["recipe"]
-        layout = {ours_to_official(k): v.shape for k, v in model.state_dict().items()}
-        load_official_checkpoint(model, {"model": official_state_dict(recipe["weight_seed"], layout)})
-    atomic_save({"model": model.state_dict(), "args": json_config(args),
-                 "tokenizer": tokenizer_info(build_tokenizer(args), args), "epoch": 0}, path)
 
 
 def worker(opts):
@@ -53,7 +30,7 @@ def worker(opts):
     import torch
 
     from inference.fast_path import prepare_for_inference
-    from inference.loading import load_from_checkpoint
+    from utils.checkpoint import load_from_checkpoint
     from inference.onnx_export import example_inputs, parity_phrases
     from inference.onnx_runtime import OnnxRuntimeModel
 
@@ -64,7 +41,7 @@ def worker(opts):
 
     def call():
         with torch.inference_mode():
-            return network(*inputs, aux=False)
+            return network(*inputs[:4], aux=False, image_index=inputs[4])
 
     for _ in range(2):
         call()
@@ -85,14 +62,14 @@ def arithmetic_floor(checkpoint):
     from torch.utils.flop_counter import FlopCounterMode
 
     from inference.fast_path import prepare_for_inference
-    from inference.loading import load_from_checkpoint
+    from utils.checkpoint import load_from_checkpoint
     from inference.onnx_export import example_inputs, parity_phrases
 
     model, tokenizer, args, _ = load_from_checkpoint(checkpoint)
     model = prepare_for_inference(model)
     inputs = example_inputs(args, tokenizer, parity_phrases(args)[1:2])
     with FlopCounterMode(display=False) as counter:  # it needs autograd on (its module tracker), not no_grad
-        model(*inputs, aux=False)
+        model(*inputs[:4], aux=False, image_index=inputs[4])
     del model
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     times = []
@@ -127,7 +104,7 @@ def run_tool(command):
 def quantize_generated(opts, onnx_path, method):
     """The benchmark model's int8 version; static calibration on generated inputs (latency does not depend on them)."""
     from datasets import build_tokenizer
-    from inference.loading import load_from_checkpoint
+    from utils.checkpoint import load_from_checkpoint
     from inference.onnx_export import example_inputs, parity_phrases
     from inference.onnx_quantize import quantize_dynamic_int8, quantize_static_int8
     from inference.onnx_runtime import INPUT_NAMES

@@ -183,6 +183,9 @@ class GroundingDataset(Dataset):
         # A JSONL dataset's records are checked and parsed once, now: a bad line stops the run before it starts, and
         # no sample re-checks its record at every epoch.
         self.parsed = None
+        self._image_keys = self._image_ids = None
+        # The last image decoded (evaluation reads an image's expressions one after another).
+        self.last_image = (None, None)
         if not is_builtin(dataset):
             self.parsed = [self._parse(idx) for idx in range(len(self.entries))]
 
@@ -192,6 +195,28 @@ class GroundingDataset(Dataset):
 
     def __len__(self):
         return len(self.entries)
+
+    def drop(self, indices):
+        """Remove the samples `indices` from the split (the others keep their order and are renumbered)."""
+        out = set(indices)
+        keep = [k for k in range(len(self.entries)) if k not in out]
+        self.entries = [self.entries[k] for k in keep]
+        if self.parsed is not None:
+            self.parsed = [self.parsed[k] for k in keep]
+        self._image_keys = self._image_ids = None
+
+    def image_keys(self):
+        """The image file of every sample (what makes two samples share an image)."""
+        if self._image_keys is None:
+            self._image_keys = [self._parse(idx)[0] for idx in range(len(self))]
+        return self._image_keys
+
+    def image_id(self, idx):
+        """A number per distinct image of the split (sample idx's)."""
+        if self._image_ids is None:
+            ids = {}
+            self._image_ids = [ids.setdefault(key, len(ids)) for key in self.image_keys()]
+        return self._image_ids[idx]
 
     def _parse(self, idx):
         if self.parsed is not None:
@@ -262,6 +287,8 @@ class GroundingDataset(Dataset):
     def _read(self, idx, file_name):
         if self.cache is not None and file_name in self.cache["images"]:
             return self.cache["images"][file_name]
+        if self.last_image[0] == file_name:
+            return self.last_image[1]
         where = self._where(idx)
         try:
             img = read_rgb(self.image_dir / file_name)
@@ -271,6 +298,7 @@ class GroundingDataset(Dataset):
             raise RuntimeError(f"{where}: {err}") from err
         if self.cache is not None:  # the transforms never write into their input image
             self.cache["images"][file_name] = img
+        self.last_image = (file_name, img)
         return img
 
     def _encode(self, text):
@@ -297,6 +325,8 @@ class GroundingDataset(Dataset):
         out["text_ids"] = torch.tensor(ids, dtype=torch.long)
         out["text_mask"] = torch.tensor(mask, dtype=torch.long)
         out["index"] = idx
+        if self.augment_seed is None:  # evaluation batches send each image once (datasets.loaders.collate_by_image)
+            out["image_id"] = self.image_id(idx)
         if self.with_masks:
             out["has_mask"] = mask is not None
         return out

@@ -1,5 +1,5 @@
-"""The inference graph as ONNX (tools/export_onnx.py): image, its padding mask, token ids and attention mask in;
-the box and the evaluation segmentation logits out. The configuration and the vocabulary go into the file's
+"""The inference graph as ONNX (tools/export_onnx.py): images, their padding masks, token ids, attention masks and
+each expression's image index in; the box and the evaluation segmentation logits out. The configuration and the vocabulary go into the file's
 metadata, so that inference.onnx_runtime needs nothing else (docs/onnx.md)."""
 import json
 import logging
@@ -25,24 +25,26 @@ class InferenceGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, image, image_mask, text_ids, text_mask):
-        out = self.model(image, image_mask, text_ids, text_mask, aux=False)
+    def forward(self, image, image_mask, text_ids, text_mask, image_index):
+        out = self.model(image, image_mask, text_ids, text_mask, aux=False, image_index=image_index)
         return out["pred_boxes"], out["seg_logits"]  # [B, 4] cx, cy, w, h on the canvas; [B, g, g]
 
 
-def example_inputs(args, tokenizer, phrases, seed=0):
-    """A batch of len(phrases): random image content on the canvas (the first image pasted smaller, so that its
-    padding mask marks a border), the phrases tokenized as the predictor does (an empty phrase is [CLS] [SEP])."""
+def example_inputs(args, tokenizer, phrases, seed=0, image_index=None):
+    """A batch of len(phrases) on max(image_index) + 1 images (default: one each): random image content on the canvas
+    (the first image pasted smaller, so that its padding mask marks a border), the phrases tokenized as the predictor
+    does (an empty phrase is [CLS] [SEP]). -> the graph's inputs, in INPUT_NAMES' order."""
     g = torch.Generator().manual_seed(seed)
-    size, batch = args.imsize, len(phrases)
-    image = torch.randn(batch, 3, size, size, generator=g)
-    image_mask = torch.zeros(batch, size, size, dtype=torch.bool)
+    image_index = torch.arange(len(phrases)) if image_index is None else torch.as_tensor(image_index)
+    size, images = args.imsize, int(image_index.max()) + 1
+    image = torch.randn(images, 3, size, size, generator=g)
+    image_mask = torch.zeros(images, size, size, dtype=torch.bool)
     image[0, :, size * 3 // 4:] = 0
     image_mask[0, size * 3 // 4:] = True
     encoded = [encode_text(tokenizer, phrase.lower(), args.max_query_len) for phrase in phrases]
     text_ids = torch.tensor([ids for ids, _ in encoded])
     text_mask = torch.tensor([mask for _, mask in encoded])
-    return image, image_mask, text_ids, text_mask
+    return image, image_mask, text_ids, text_mask, image_index
 
 
 def metadata(args, tokenizer):
@@ -61,11 +63,12 @@ def export_onnx(model, args, tokenizer, path, opset=DEFAULT_OPSET, batch="dynami
     import onnx
 
     fixed = None if batch == "dynamic" else int(batch)
-    inputs = example_inputs(args, tokenizer, ["a", "the object on the left"] if fixed is None else ["a"] * fixed)
-    dynamic_shapes = None
-    if fixed is None:
-        batch_dim = torch.export.Dim("batch", min=1, max=1024)
-        dynamic_shapes = ({0: batch_dim}, {0: batch_dim}, {0: batch_dim}, {0: batch_dim})
+    if fixed is None:  # three phrases on two images: neither count is 1, which the exporter would fix
+        inputs = example_inputs(args, tokenizer, ["a", "the object on the left", "a"], image_index=[0, 1, 1])
+        images, phrases = torch.export.Dim("images", min=1, max=1024), torch.export.Dim("batch", min=1, max=1024)
+        dynamic_shapes = ({0: images}, {0: images}, {0: phrases}, {0: phrases}, {0: phrases})
+    else:  # a fixed batch of one image per expression
+        inputs, dynamic_shapes = example_inputs(args, tokenizer, ["a"] * fixed), None
     graph = InferenceGraph(model).eval()
     # The exporter's optimiser logs every constant it leaves unfolded; only its errors are worth printing.
     quiet = logging.getLogger("onnxscript")
@@ -94,15 +97,20 @@ def parity_phrases(args):
 
 @torch.no_grad()
 def compare_with_onnxruntime(model, args, tokenizer, path, batches=(1, 3), seed=1):
-    """ONNX Runtime vs model (the same prepared model that was exported) on generated batches. Returns the largest
+    """ONNX Runtime vs model (the same prepared model that was exported, one image per expression) on generated
+    batches, each also with its phrases grouped two per image where the export takes that. Returns the largest
     absolute differences: "boxes" (canvas units, 0-1) and "probabilities" (of the segmentation map)."""
     network = OnnxRuntimeModel(path)
     phrases = parity_phrases(args)
     worst = {"boxes": 0.0, "probabilities": 0.0}
-    for batch in batches:
-        inputs = example_inputs(args, tokenizer, [phrases[k % len(phrases)] for k in range(batch)], seed + batch)
-        expected = model(*inputs, aux=False)
-        got = network(*inputs)
+    cases = [(batch, torch.arange(batch)) for batch in batches]
+    cases += [(batch, torch.arange(batch) // 2) for batch in batches if batch > 1 and network.grouped]
+    for batch, image_index in cases:
+        inputs = example_inputs(args, tokenizer, [phrases[k % len(phrases)] for k in range(batch)], seed + batch,
+                                image_index)
+        image, image_mask, text_ids, text_mask, _ = inputs
+        expected = model(image[image_index], image_mask[image_index], text_ids, text_mask, aux=False)
+        got = network(image, image_mask, text_ids, text_mask, image_index=image_index)
         worst["boxes"] = max(worst["boxes"], (got["pred_boxes"] - expected["pred_boxes"]).abs().max().item())
         prob = (got["seg_logits"].sigmoid() - expected["seg_logits"].sigmoid()).abs().max().item()
         worst["probabilities"] = max(worst["probabilities"], prob)

@@ -10,7 +10,7 @@ from tqdm import tqdm
 from datasets.files import atomic_write
 from utils.eval_utils import prediction_ious
 
-from .onnx_runtime import INPUT_NAMES, QUANTIZATION_KEY, OnnxModelError, require_onnxruntime
+from .onnx_runtime import INPUT_NAMES, QUANTIZATION_KEY, OnnxModelError, require_onnxruntime, run_feed
 
 STATIC_OPS = ["Conv", "MatMul"]
 # ORT's dynamically quantised convolutions (ConvInteger) are slower than its float ones on CPU: matrix products only.
@@ -31,7 +31,7 @@ def sample_feeds(dataset, indices):
         sample = dataset[index]
         yield {name: tensor[None].numpy() for name, tensor in zip(
             INPUT_NAMES, (sample["img"].float(), sample["img_mask"].bool(), sample["text_ids"].long(),
-                          sample["text_mask"].long()))}
+                          sample["text_mask"].long(), torch.tensor(0)))}
 
 
 def _write_through_temporary(out, quantize, description):
@@ -91,6 +91,5 @@ def box_agreement(reference, candidate, feeds):
     """IoU of candidate's boxes with reference's (two OnnxRuntimeModel) on each input dict of feeds -> tensor."""
     ious = []
     for feed in feeds:
-        inputs = [torch.from_numpy(feed[name]) for name in INPUT_NAMES]
-        ious.append(prediction_ious(candidate(*inputs)["pred_boxes"], reference(*inputs)["pred_boxes"]))
+        ious.append(prediction_ious(run_feed(candidate, feed)["pred_boxes"], run_feed(reference, feed)["pred_boxes"]))
     return torch.cat(ious)

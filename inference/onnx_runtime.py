@@ -5,8 +5,9 @@ from pathlib import Path
 
 import torch
 
-# The graph's interface, which inference.onnx_export writes and this module reads.
-INPUT_NAMES = ["image", "image_mask", "text_ids", "text_mask"]
+# The graph's interface, which inference.onnx_export writes and this module reads. image_index [B] names each
+# expression's image among the I images of the call, so that the CNN runs once per image.
+INPUT_NAMES = ["image", "image_mask", "text_ids", "text_mask", "image_index"]
 OUTPUT_NAMES = ["pred_boxes", "seg_logits"]
 QUANTIZATION_KEY = "segvg_quantization"  # metadata of an int8 version (inference.onnx_quantize): what was quantised
 
@@ -43,16 +44,26 @@ def _session(path, device):
                              f"again with tools/export_onnx.py") from None
 
 
+def run_feed(network, feed):
+    """network (the model or an OnnxRuntimeModel) on a dict of the graph's inputs (tensors or arrays)."""
+    tensors = [torch.as_tensor(feed[name]) for name in INPUT_NAMES]
+    return network(*tensors[:4], aux=False, image_index=tensors[4])
+
+
 class OnnxRuntimeModel:
-    """model(image, image_mask, text_ids, text_mask, aux=False) -> {"pred_boxes", "seg_logits"} through ONNX Runtime.
+    """model(image, image_mask, text_ids, text_mask, aux=False, image_index=None) -> {"pred_boxes", "seg_logits"}
+    through ONNX Runtime.
     metadata: the export's configuration ("segvg_config", a dict) and vocabulary ("segvg_vocab", token list)."""
 
     def __init__(self, path, device="cpu"):
         self.session = _session(path, device)
         self.path = Path(path)
         props = self.session.get_modelmeta().custom_metadata_map
-        names = [i.name for i in self.session.get_inputs()]
-        if names != INPUT_NAMES or "segvg_config" not in props:
+        inputs = self.session.get_inputs()
+        names = [i.name for i in inputs]
+        # Exports without image_index (older ones) or with a fixed batch take one image per expression.
+        self.grouped = names == INPUT_NAMES and not isinstance(inputs[0].shape[0], int)
+        if names not in (INPUT_NAMES, INPUT_NAMES[:4]) or "segvg_config" not in props:
             raise OnnxModelError(f"{path} is not a SegVG export (inputs {names}): export it with "
                                  f"tools/export_onnx.py")
         self.config = json.loads(props["segvg_config"])
@@ -73,7 +84,16 @@ class OnnxRuntimeModel:
     def to(self, device):
         return self
 
-    def __call__(self, image, image_mask, text_ids, text_mask, aux=False):
-        feeds = dict(zip(INPUT_NAMES, (image.float(), image_mask.bool(), text_ids.long(), text_mask.long())))
-        boxes, seg_logits = self.session.run(None, {k: v.cpu().numpy() for k, v in feeds.items()})
+    def __call__(self, image, image_mask, text_ids, text_mask, aux=False, image_index=None):
+        """As the model's forward: image_index [B] picks each expression's image among image [I] (None: I = B)."""
+        if image_index is None:
+            image_index = torch.arange(text_ids.shape[0])
+        if not self.grouped:
+            image, image_mask = image[image_index], image_mask[image_index]
+            image_index = torch.arange(text_ids.shape[0])
+        tensors = (image.float(), image_mask.bool(), text_ids.long(), text_mask.long(), image_index.long())
+        feeds = {name: t.cpu().numpy() for name, t in zip(INPUT_NAMES, tensors)}
+        if not self.grouped and len(self.session.get_inputs()) == 4:
+            feeds.pop("image_index")
+        boxes, seg_logits = self.session.run(None, feeds)
         return {"pred_boxes": torch.from_numpy(boxes), "seg_logits": torch.from_numpy(seg_logits)}

@@ -2,6 +2,7 @@
 
     predictor = SegVGPredictor.from_checkpoint("outputs/demo/best_checkpoint.pth")
     result = predictor("photo.jpg", "the man on the left")   # a path, a PIL image or a uint8 [H, W, 3] RGB array
+    results = predictor("photo.jpg", ["the man on the left", "the dog"])   # the image encoded once for both
 
 result: "box" [x1, y1, x2, y2] in the image's pixels, "score" (the segmentation confidence), "mask" (the
 segmentation map resized to the image, float [H, W]), "binary_mask" (it above mask_threshold, bool [H, W]), "phrase"
@@ -19,13 +20,13 @@ from torchvision.ops import box_convert
 from datasets.grounding import read_rgb
 from datasets.tokenizer import encode_text
 from datasets.transforms import canvas_map_to_image, canvas_to_image, make_transforms
-from utils.checkpoint import safe_load
+from utils.checkpoint import (load_from_checkpoint, resolve_config, safe_load, tokenizer_from_checkpoint,
+                              tokenizer_overrides)
 from utils.eval_utils import MASK_THRESHOLD, canvas_probabilities, segmentation_confidence
 from utils.mask_refine import refine_mask
 from utils.runtime import resolve_device
 
 from .fast_path import prepare_for_inference
-from .loading import load_from_checkpoint, resolve_config, tokenizer_from_checkpoint, tokenizer_overrides
 
 
 def load_rgb(image):
@@ -40,6 +41,13 @@ def load_rgb(image):
     if array.ndim != 3 or array.shape[2] not in (3, 4) or array.dtype != np.uint8:
         raise ValueError(f"expected a uint8 RGB array [H, W, 3], got {array.dtype} {list(array.shape)}")
     return np.array(array[..., :3], order="C")
+
+
+def image_key(image):
+    """What makes two inputs the same image: the same path (as written), or the same object."""
+    if isinstance(image, (str, Path)):
+        return "path", str(Path(image))
+    return "object", id(image)
 
 
 class SegVGPredictor:
@@ -100,33 +108,41 @@ class SegVGPredictor:
                           f"(max_query_len {self.args.max_query_len}): {text!r}", stacklevel=3)
         return encode_text(self.tokenizer, text, self.args.max_query_len)
 
-    def prepare(self, image, text):
+    def prepare_image(self, image):
+        """-> (rgb, canvas sample, placement of the image on the canvas [x1, y1, x2, y2])."""
         rgb = load_rgb(image)
         h, w = rgb.shape[:2]
         # Transforming the whole image's box tells where the image lands on the canvas (as eval_placement).
         sample = self.transform({"img": rgb, "box": np.float32([0, 0, w, h]), "text": ""})
-        ids, mask = self.encode(text)
         placement = box_convert(sample["target"][None] * self.args.imsize, "cxcywh", "xyxy")[0]
-        return rgb, sample, torch.tensor(ids), torch.tensor(mask), placement
+        return rgb, sample, placement
 
     @torch.inference_mode()
     def predict(self, images, phrases):
-        """Lists of images and phrases (same length) -> one result per pair, as __call__'s."""
+        """Lists of images and phrases (same length) -> one result per pair, as __call__'s. An image given more than
+        once (the same path or the same object) is read and run through the CNN once for all its phrases."""
         if len(images) != len(phrases):
             raise ValueError(f"{len(images)} images but {len(phrases)} phrases")
-        prepared = [self.prepare(image, phrase) for image, phrase in zip(images, phrases)]
-        img = torch.stack([p[1]["img"] for p in prepared]).to(self.device)
+        encoded = [self.encode(phrase) for phrase in phrases]  # every phrase checked before any image is read
+        slots, image_index = {}, []
+        for image in images:
+            image_index.append(slots.setdefault(image_key(image), len(slots)))
+        unique = {slot: image for image, slot in zip(images, image_index)}
+        prepared = [self.prepare_image(unique[slot]) for slot in range(len(slots))]
+        img = torch.stack([p[1]["img"] for p in prepared]).to(self.device)  # [I, 3, S, S]
         img_mask = torch.stack([p[1]["img_mask"] for p in prepared]).to(self.device)
-        ids = torch.stack([p[2] for p in prepared]).to(self.device)
-        mask = torch.stack([p[3] for p in prepared]).to(self.device)
-        out = self.model(img, img_mask, ids, mask, aux=False)
+        ids = torch.tensor([e[0] for e in encoded], device=self.device)  # [B, L]
+        mask = torch.tensor([e[1] for e in encoded], device=self.device)
+        image_index = torch.tensor(image_index, device=self.device)
+        out = self.model(img, img_mask, ids, mask, aux=False, image_index=image_index)
 
         size = self.args.imsize
         boxes = box_convert(out["pred_boxes"].float().cpu(), "cxcywh", "xyxy").clamp(0, 1) * size
         prob = canvas_probabilities(out["seg_logits"].cpu(), size)  # [B, S, S]
         confidence = segmentation_confidence(prob)
         results = []
-        for k, (rgb, _, _, _, placement) in enumerate(prepared):
+        for k, slot in enumerate(image_index.tolist()):
+            rgb, _, placement = prepared[slot]
             h, w = rgb.shape[:2]
             box = canvas_to_image(boxes[k:k + 1], placement, (w, h))[0]
             image_mask = canvas_map_to_image(prob[k], placement, (w, h)).numpy()
@@ -140,4 +156,7 @@ class SegVGPredictor:
         return results
 
     def __call__(self, image, phrase):
+        """One phrase -> its result; a list of phrases -> their results, the image encoded once."""
+        if isinstance(phrase, (list, tuple)):
+            return self.predict([image] * len(phrase), list(phrase))
         return self.predict([image], [phrase])[0]

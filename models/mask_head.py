@@ -46,15 +46,18 @@ class FineMaskHead(nn.Module):
                 nn.init.kaiming_uniform_(module.weight, a=1)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, query, pixels, grid_logits, features):
-        """query [B, C], pixels [B, g*g, C], grid_logits [B, g, g], features {stride: [B, C_s, S/s, S/s]}
-        -> logits [B, S/mask_stride, S/mask_stride]"""
+    def forward(self, query, pixels, grid_logits, features, image_index=None):
+        """query [B, C], pixels [B, g*g, C], grid_logits [B, g, g], features {stride: [I, C_s, S/s, S/s]}
+        -> logits [B, S/mask_stride, S/mask_stride]. image_index [B]: expression b's image is features[:, image_index[b]]
+        (None: I = B, one image per expression)."""
         grid = grid_logits.shape[-2:]
         pixels = pixels.transpose(1, 2).unflatten(-1, grid)  # [B, C, g, g]
         modulated = pixels * self.query_proj(query)[:, :, None, None]
         x = self.input_blocks(torch.cat([pixels, modulated, grid_logits[:, None]], dim=1))
         for stride, adapter, block in zip(self.strides, self.adapters, self.blocks):
-            fpn = adapter(features[stride])
+            fpn = adapter(features[stride])  # per image: the 1x1 adapter narrows the map before it is repeated
+            if image_index is not None:
+                fpn = fpn[image_index]  # [B, C', S/s, S/s]
             x = block(fpn + F.interpolate(x, size=fpn.shape[-2:], mode="nearest"))
         out = self.out(x)  # [B, 1, S/mask_stride, S/mask_stride]
         base = F.interpolate(grid_logits[:, None], size=out.shape[-2:], mode="bilinear", align_corners=False)

@@ -72,8 +72,10 @@ class SegVG(nn.Module):
         backbone = self.visual.backbone
         backbone.checkpoint_activations = enabled and backbone.can_checkpoint
 
-    def forward(self, img, img_mask, text_ids, text_mask, aux=None):
+    def forward(self, img, img_mask, text_ids, text_mask, aux=None, image_index=None):
         """img [B, 3, S, S], img_mask [B, S, S] (True = padding), text_ids/text_mask [B, L] (mask 1 = token).
+        image_index [B] (inference): img and img_mask hold I distinct images [I, 3, S, S], expression b is about image
+        image_index[b]; the ResNet then runs once per image, whatever the number of its expressions.
 
         Returns ``pred_boxes`` [B, 4] (sigmoid cx, cy, w, h on the canvas, last decoder layer),
         ``aux_boxes`` [layers, B, 4], ``seg_logits`` (the model's mask, last layer, first segmentation query:
@@ -81,8 +83,10 @@ class SegVG(nn.Module):
         (default: in training), ``aux_seg_logits`` [layers, seg queries, B, g, g] (the grid head's).
         """
         aux = self.training if aux is None else aux
-        batch = img.shape[0]
+        batch = text_ids.shape[0]
         visual, visual_padding, visual_pos, finer = self.visual.embed(img, img_mask)
+        if image_index is not None:  # the text-independent part, once per image, handed to each expression
+            visual, visual_padding, visual_pos = (t[image_index] for t in (visual, visual_padding, visual_pos))
         text = self.text.embed(text_ids)
         text_padding = text_mask == 0
         text_bias = self.text.attention_bias(text_mask, text.dtype)
@@ -111,7 +115,7 @@ class SegVG(nn.Module):
             inputs = (hs[-1, :, 1], pixels, seg_logits, {**finer, 1: img})
             if self.mask_head_detached:  # its terms train the head alone
                 inputs = (*(t.detach() for t in inputs[:3]), {s: f.detach() for s, f in inputs[3].items()})
-            seg_logits = self.mask_head(*inputs)
+            seg_logits = self.mask_head(*inputs, image_index=image_index)
         out = {"pred_boxes": boxes[-1], "aux_boxes": boxes, "seg_logits": seg_logits}
         if aux:
             seg = self.seg_head(hs[:, :, 1:], pixels)  # [layers, B, seg queries, V]

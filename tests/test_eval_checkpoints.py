@@ -6,14 +6,9 @@ import torch
 
 from datasets.tokenizer import DEMO_VOCAB
 from helpers import synthetic_batch, tiny_train_args
-from inference.loading import (
-    load_from_checkpoint,
-    load_model,
-    resolve_config,
-    tokenizer_from_checkpoint,
-)
 from models import build_model
-from utils.checkpoint import ours_to_official, safe_load
+from utils.checkpoint import (load_from_checkpoint, load_model, ours_to_official, resolve_config, safe_load,
+                              tokenizer_from_checkpoint)
 from utils.training_state import json_config, tokenizer_info
 
 TRAINED_ARGS = ["--imsize", "96", "--max_query_len", "10", "--enc_layers", "4", "--bert_vocab_size", "119"]

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from helpers import (model_inputs, noise_image, synthetic_batch, tiny_args, tiny_train_args, without_dropout,
                      write_tiny_checkpoint)
 
@@ -14,10 +15,9 @@ import eval as eval_script
 import predict
 from datasets import demo
 from inference.fast_path import prepare_for_inference
-from inference.loading import load_from_checkpoint, load_weights, resolve_config
+from utils.checkpoint import CheckpointError, load_from_checkpoint, load_weights, resolve_config, safe_load
 from models import build_model
 from models.mask_head import default_mask_stride
-from utils.checkpoint import CheckpointError, safe_load
 from utils.losses import build_criterion
 
 FINE = ("--mask_head", "fine")
@@ -143,9 +143,10 @@ def test_a_grid_checkpoint_fine_tunes_into_a_fine_head(tmp_path):
 def test_fine_checkpoint_through_predict_and_eval(fine_checkpoint, tmp_path):
     image = noise_image(tmp_path / "photo.png", 90, 60)
     out = tmp_path / "preds"
-    results = predict.main(["--checkpoint", str(fine_checkpoint), "--image", str(image), "--phrase", "the red circle",
+    records = predict.main(["--checkpoint", str(fine_checkpoint), "--image", str(image), "--phrase", "the red circle",
                             "--output_dir", str(out), "--save_masks", "--device", "cpu"])
-    assert results[0]["mask"].shape == (60, 90)
+    with Image.open(records[0]["mask"]) as mask:
+        assert mask.size == (90, 60)
     record = json.loads((out / "predictions.jsonl").read_text())
     assert (out / "masks").is_dir() and record["mask"].endswith(".png")
 

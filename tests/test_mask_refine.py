@@ -5,6 +5,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 from helpers import noise_image, write_tiny_checkpoint
 
 import eval as eval_script
@@ -99,9 +100,10 @@ def test_eval_reports_a_refined_row_beside_the_model_mask(checkpoint, tmp_path, 
 def test_predict_writes_refined_masks(checkpoint, tmp_path):
     image = noise_image(tmp_path / "photo.png", 80, 60)
     out = tmp_path / "preds"
-    results = predict.main(["--checkpoint", str(checkpoint), "--image", str(image), "--phrase", "the red circle",
+    records = predict.main(["--checkpoint", str(checkpoint), "--image", str(image), "--phrase", "the red circle",
                             "--output_dir", str(out), "--save_masks", "--mask_refine", "grabcut", "--device", "cpu"])
-    assert results[0]["refined_mask"].shape == (60, 80) and results[0]["refined_mask"].dtype == bool
+    with Image.open(records[0]["grabcut_mask"]) as refined:
+        assert refined.size == (80, 60) and set(np.unique(np.asarray(refined))) <= {0, 255}
     record = json.loads((out / "predictions.jsonl").read_text())
     assert record["grabcut_mask"].startswith(str(out / "masks_grabcut"))
     assert (out / "masks_grabcut").is_dir() and record["mask"] != record["grabcut_mask"]

@@ -43,14 +43,14 @@ def test_export_writes_metadata_and_checks_against_pytorch(exported, capsys):
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["segvg_imsize"] == "64" and meta["segvg_max_query_len"] == "8"
     assert json.loads(meta["segvg_config"])["dataset"] == "demo" and meta["segvg_vocab"].split("\n")[0] == "[PAD]"
-    assert [i.name for i in proto.graph.input] == ["image", "image_mask", "text_ids", "text_mask"]
-    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
-    assert batch_dim.dim_param and not batch_dim.dim_value  # dynamic batch
+    assert [i.name for i in proto.graph.input] == ["image", "image_mask", "text_ids", "text_mask", "image_index"]
+    images_dim, batch_dim = (proto.graph.input[k].type.tensor_type.shape.dim[0] for k in (0, 2))
+    assert images_dim.dim_param and batch_dim.dim_param and images_dim.dim_param != batch_dim.dim_param  # dynamic
 
 
 def test_onnxruntime_matches_pytorch_within_tolerance(exported):
     from inference.fast_path import prepare_for_inference
-    from inference.loading import load_from_checkpoint
+    from utils.checkpoint import load_from_checkpoint
     from inference.onnx_export import compare_with_onnxruntime
 
     checkpoint, path = exported
@@ -78,7 +78,7 @@ def test_opset_23_exports_onnx_attention_that_onnxruntime_runs(exported, tmp_pat
 def test_a_different_model_fails_the_comparison(exported, tmp_path):
     """The comparison can fail: the export of another model's weights does not match this one."""
     from inference.fast_path import prepare_for_inference
-    from inference.loading import load_from_checkpoint
+    from utils.checkpoint import load_from_checkpoint
     from inference.onnx_export import compare_with_onnxruntime
 
     _, path = exported

@@ -12,7 +12,7 @@ from helpers import make_demo, noise_image, write_tiny_checkpoint
 from inference import SegVGPredictor
 from inference.onnx_export import example_inputs
 from inference.onnx_quantize import spread_indices
-from inference.onnx_runtime import OnnxModelError, OnnxRuntimeModel
+from inference.onnx_runtime import INPUT_NAMES, OnnxModelError, OnnxRuntimeModel, run_feed
 from tools import export_onnx, quantize_onnx
 
 
@@ -73,7 +73,8 @@ def test_static_int8_quantizes_convolutions_and_matrix_products(exported, tmp_pa
         quantize(exported, tmp_path / "twice.onnx", "--onnx", out)  # the later --onnx wins
     predictor = SegVGPredictor.from_onnx(path)
     inputs = example_inputs(predictor.args, predictor.tokenizer, ["the red circle", "a", "the big blue square"])
-    got, expected = int8_model(*inputs)["pred_boxes"], float_model(*inputs)["pred_boxes"]
+    feed = dict(zip(INPUT_NAMES, inputs))
+    got, expected = run_feed(int8_model, feed)["pred_boxes"], run_feed(float_model, feed)["pred_boxes"]
     difference = (got - expected).abs().max().item()
     assert 0 < difference < 0.1  # a different, int8 network ran, and it stays near the float one
 

@@ -39,8 +39,8 @@ class CanvasBoxModel(nn.Module):
         self.box = box_cxcywh
         self.grid = grid
 
-    def forward(self, img, img_mask, text_ids, text_mask, aux=False):
-        batch = img.shape[0]
+    def forward(self, img, img_mask, text_ids, text_mask, aux=False, image_index=None):
+        batch = text_ids.shape[0]
         return {"pred_boxes": self.box.expand(batch, 4), "seg_logits": torch.zeros(batch, self.grid, self.grid)}
 
 

@@ -11,8 +11,7 @@ import train
 from datasets import build_dataset, collate_fn
 from engine import NonFiniteLossError, evaluate, summarize_results
 from helpers import TINY_TRAIN, make_demo
-from inference.loading import load_from_checkpoint
-from utils.checkpoint import safe_load
+from utils.checkpoint import load_from_checkpoint, safe_load
 
 STEPS_PER_EPOCH = 4
 

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import build_dataset
 from datasets.files import FileWriteError
-from inference.loading import load_from_checkpoint, tokenizer_overrides
+from utils.checkpoint import CheckpointError, load_from_checkpoint, tokenizer_overrides
 from inference.onnx_quantize import (
     box_agreement,
     quantize_dynamic_int8,
@@ -24,7 +24,6 @@ from inference.onnx_quantize import (
     spread_indices,
 )
 from inference.onnx_runtime import OnnxModelError, OnnxRuntimeModel
-from utils.checkpoint import CheckpointError
 from utils.options import add_tokenizer_flags
 
 

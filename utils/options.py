@@ -142,7 +142,18 @@ def _add_data_flags(parser):
     data.add_argument("--dataset", default="unc",
                       help="unc (RefCOCO), unc+ (RefCOCO+), gref / gref_umd (RefCOCOg), referit, flickr, the built-in "
                            "synthetic demo, or the name of your own dataset: <split_root>/NAME/NAME_<split>.jsonl "
-                           "(docs/custom_data.md)")
+                           "(docs/custom_data.md); several, comma-separated, train on their union (docs/training.md, "
+                           "\"Several datasets\")")
+    data.add_argument("--dataset_ratios", default="",
+                      help="with several --dataset: each dataset's share of the training samples drawn, e.g. 1,1,2 "
+                           "(normalised; default: in proportion to their sizes); an epoch stays as long as the mix")
+    data.add_argument("--holdout_images", default="",
+                      help="with several --dataset: a file of image file names or COCO image ids (one per line; "
+                           "`python -m datasets.build_index exclude` writes one) whose expressions are kept out of "
+                           "training, besides those of every val/test split found under --split_root")
+    data.add_argument("--allow_test_images", action="store_true",
+                      help="with several --dataset: keep training expressions whose image is in an evaluation split "
+                           "(off by default: such a run's test figures are not fair)")
     data.add_argument("--data_root", default="data/images", help="image root (docs/data.md has the layout)")
     data.add_argument("--split_root", default="data/split",
                       help="folder holding <dataset>/<dataset>_<split>.pth index files")
@@ -263,7 +274,11 @@ def _add_checkpoint_flags(parser):
                      help="keep the last K step checkpoints as checkpoint_step<N>.pth too (1: the latest only)")
     run.add_argument("--eval_every", default=0, type=int,
                      help="also validate every N steps on the first --eval_subset validation samples (val_curve.txt)")
-    run.add_argument("--eval_subset", default=500, type=int, help="samples of the --eval_every validation")
+    run.add_argument("--eval_subset", default=500, type=int,
+                     help="samples of the --eval_every validation (of each dataset, with several)")
+    run.add_argument("--best_on", default="",
+                     help="with several --dataset: the dataset whose val Acc@0.5 picks best_checkpoint.pth (default: "
+                          "the mean over the datasets)")
     run.add_argument("--tensorboard", default="", help="TensorBoard log folder (needs the tensorboard package)")
 
 
