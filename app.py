@@ -31,6 +31,8 @@ def get_args_parser():
     parser.add_argument("--data_root", default="data/demo",
                         help="the demo data, whose test split gives the page's examples when it exists")
     parser.add_argument("--examples", type=int, default=6, help="examples from the demo's test split (0: none)")
+    parser.add_argument("--max_queue", type=int, default=64,
+                        help="requests that may wait while one is answered; more are told the queue is full")
     add_mask_refine_flag(parser)
     add_tokenizer_flags(parser)
     add_backend_flags(parser)
@@ -74,13 +76,18 @@ def main(argv=None):
     except ImportError as err:
         raise ImportError(f"{err.name or err} is missing: install the app's requirements with "
                           f"`pip install -r requirements-app.txt`") from None
+    if opts.max_queue < 1:
+        raise ValueError(f"--max_queue must be at least 1, got {opts.max_queue}")
     predictor = build_predictor(opts)
-    name = opts.checkpoint or DEMO_CHECKPOINT
+    checkpoint = opts.checkpoint or DEMO_CHECKPOINT
+    # The page names files only: the server's folders are not shown to whoever opens it.
+    name = Path(checkpoint).name
     if opts.backend == "onnxruntime":
-        name = f"{opts.onnx} (ONNX Runtime)" + (f" with {opts.checkpoint}" if opts.checkpoint else "")
+        name = f"{Path(opts.onnx).name} (ONNX Runtime)" + (f" with {Path(opts.checkpoint).name}" if opts.checkpoint
+                                                           else "")
     examples = demo_examples(opts.data_root, opts.examples)
-    app = build_app(predictor, name, examples, opts.mask_refine)
-    print(f"SegVG demo of {name} on {predictor.device.type}: open http://{opts.host}:{opts.port}", flush=True)
+    app = build_app(predictor, name, examples, opts.mask_refine, opts.max_queue)
+    print(f"SegVG demo of {checkpoint} on {predictor.device.type}: open http://{opts.host}:{opts.port}", flush=True)
     app.launch(server_name=opts.host, server_port=opts.port, share=False, ssr_mode=False, show_error=False,
                max_file_size=MAX_FILE_SIZE, allowed_paths=[str(Path(opts.data_root))] if examples else None,
                quiet=True)

@@ -29,7 +29,8 @@ from inference.onnx_runtime import OnnxRuntimeModel
 from utils.distributed import destroy_process_group, init_distributed_mode, is_main_process
 from utils.eval_utils import MASK_THRESHOLD
 from utils.mask_metrics import MaskScorer
-from utils.options import AMP_CHOICES, add_backend_flags, add_mask_refine_flag, add_tokenizer_flags
+from utils.options import (AMP_CHOICES, add_backend_flags, add_mask_refine_flag, add_process_group_flags,
+                           add_tokenizer_flags)
 from utils.predictions import evaluation_records, worst_and_best
 from utils.runtime import compile_model, limit_opencv_threads, set_tf32
 from utils.visualize import write_dataset_overlays
@@ -81,7 +82,7 @@ def get_args_parser():
                           "they fit: its CNN runs once)")
     run.add_argument("--num_workers", default=4, type=int, help="DataLoader worker processes per process")
     run.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cuda, cuda:N or cpu")
-    run.add_argument("--dist_url", default="env://", help="init_method of the process group under torchrun")
+    add_process_group_flags(run)
     run.add_argument("--amp", default="off", choices=AMP_CHOICES, help="autocast precision")
     run.add_argument("--compile", action="store_true", help="torch.compile the model (docs/performance.md)")
     run.add_argument("--tf32", action="store_true", help="TF32 matrix products on Ampere+ GPUs")

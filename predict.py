@@ -28,7 +28,7 @@ from utils.checkpoint import CheckpointError
 from utils.distributed import destroy_process_group, init_distributed_mode, is_main_process
 from utils.eval_utils import MASK_THRESHOLD
 from utils.mask_metrics import save_png
-from utils.options import add_backend_flags, add_mask_refine_flag, add_tokenizer_flags
+from utils.options import add_backend_flags, add_mask_refine_flag, add_process_group_flags, add_tokenizer_flags
 from utils.predictions import prediction_record, read_pairs
 from utils.visualize import draw_overlay
 
@@ -69,7 +69,7 @@ def get_args_parser():
                      help="pairs per forward pass (an image's phrases share one where they fit: its CNN runs once)")
     run.add_argument("--device", default="auto",
                      help="auto (cuda if available, else cpu), cuda, cuda:N or cpu (under torchrun: each process's GPU)")
-    run.add_argument("--dist_url", default="env://", help="init_method of the process group under torchrun")
+    add_process_group_flags(run)
     run.add_argument("--shard", default="", metavar="K/N",
                      help="with --output_dir, outside torchrun: predict shard K of N (0-based; one task of a SLURM "
                           "array) and leave the merge to the same command without --shard (docs/evaluation.md)")

@@ -21,7 +21,7 @@ from engine import (NonFiniteLossError, TrainState, evaluate, format_stats, sele
 from models import build_model
 from utils.checkpoint import (CheckpointError, apply_pretrained_config, load_detr_weights, load_weights, safe_load,
                               tokenizer_from_checkpoint)
-from utils.distributed import (all_gather_object, destroy_process_group, get_rank, get_world_size,
+from utils.distributed import (all_gather_object, collective_timeout, destroy_process_group, get_rank, get_world_size,
                                init_distributed_mode, is_main_process)
 from utils.losses import build_criterion
 from utils.lr_scheduler import budget_spent
@@ -291,6 +291,12 @@ if __name__ == "__main__":
     except (NonFiniteLossError, CheckpointError, FileWriteError, RunLockError, FileNotFoundError, ValueError) as err:
         if is_main_process():
             sys.stderr.write(f"error: {err}\n")
+        code = 1
+    except RuntimeError as err:  # a hung peer: every rank that waited says so (it may not be rank 0)
+        line = collective_timeout(err, args.dist_timeout)
+        if line is None:
+            raise
+        sys.stderr.write(f"error: {line}\n")
         code = 1
     finally:
         destroy_process_group()

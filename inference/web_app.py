@@ -53,9 +53,13 @@ def status_text(header, notes=(), error=None):
     return "\n".join(lines)
 
 
-def build_app(predictor, checkpoint_name, examples=(), mask_refine="none"):
-    """predictor: inference.predictor.SegVGPredictor; examples: [image path, phrase] pairs shown under the inputs;
-    mask_refine: the page's initial mask refinement (utils.mask_refine)."""
+def build_app(predictor, checkpoint_name, examples=(), mask_refine="none", max_queue=64):
+    """predictor: inference.predictor.SegVGPredictor; checkpoint_name: what the page calls the model (a file name: the
+    server's folders are nobody's business); examples: [image path, phrase] pairs shown under the inputs;
+    mask_refine: the page's initial mask refinement (utils.mask_refine); max_queue: requests that may wait.
+
+    The API (gradio_client, docs/app.md): /ground(image, phrases, mask_threshold, show_masks, mask_refine) ->
+    (drawing, table of phrase, x1, y1, x2, y2, score, files, status)."""
     folders = RequestFolders()
     header = f"checkpoint `{checkpoint_name}` on {predictor.device.type}"
 
@@ -95,7 +99,9 @@ def build_app(predictor, checkpoint_name, examples=(), mask_refine="none"):
                                      datatype=["str"] + ["number"] * 5, interactive=False, elem_id="table")
                 files = gr.File(label="Masks and prediction records", file_count="multiple", interactive=False,
                                 elem_id="files")
-        button.click(answer, [image, phrases, threshold, show_masks, refine], [drawing, table, files, status])
-    # One request at a time: a second waits in the queue instead of competing for the same cores or GPU memory.
-    app.queue(default_concurrency_limit=1, max_size=64)
+        button.click(answer, [image, phrases, threshold, show_masks, refine], [drawing, table, files, status],
+                     api_name="ground")
+    # One request at a time: a second waits in the queue instead of competing for the same cores or GPU memory; a
+    # full queue answers "Queue is full" at once, in the page and to API callers.
+    app.queue(default_concurrency_limit=1, max_size=max_queue)
     return app

@@ -182,3 +182,37 @@ def test_page_in_headless_chromium(checkpoint, photo, tmp_path, capsys):
         process.kill()
         process.wait()
     assert hosts == {f"127.0.0.1:{port}"}, f"the page fetched from elsewhere: {hosts}"
+
+
+def test_api_through_gradio_client(checkpoint, photo, tmp_path, capsys):
+    """The app's API as users call it: /ground with the image file and the phrases (one per line), the optional
+    inputs at their page defaults; boxes as predict.py gives them; no server folder in any answer or in the page."""
+    pytest.importorskip("gradio", reason="the app's requirements: pip install -r requirements-app.txt")
+    gradio_client = pytest.importorskip("gradio_client", reason="the app's requirements: pip install -r "
+                                                                "requirements-app.txt")
+    expected = predict.main(["--checkpoint", str(checkpoint), "--image", str(photo), "--phrase", "the red circle",
+                             "--phrase", "the blue square", "--device", "cpu", "--json"])
+    capsys.readouterr()
+    port = free_port()
+    process = start_app(checkpoint, port, tmp_path / "no_demo_data")
+    try:
+        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        assert "/ground" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+        drawing, table, files, status = client.predict(gradio_client.handle_file(str(photo)),
+                                                       "the red circle\nthe blue square", api_name="/ground")
+        assert table["headers"] == ["phrase", "x1", "y1", "x2", "y2", "score"]
+        assert [row[0] for row in table["data"]] == ["the red circle", "the blue square"]
+        for row, result in zip(table["data"], expected):
+            assert all(isinstance(v, (int, float)) for v in row[1:5])
+            assert row[1:5] == pytest.approx(result["box"], abs=0.01)
+        assert Path(drawing).is_file() and len(files) == 3  # predictions.jsonl and a mask per phrase
+        assert "best_checkpoint.pth" in status and str(checkpoint.parent) not in status
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=10).read().decode()
+        assert "best_checkpoint.pth" in page and str(checkpoint.parent) not in page
+        # Bad input is an answer too, and the server keeps serving.
+        _, _, _, status = client.predict(gradio_client.handle_file(str(photo)), "", api_name="/ground")
+        assert "No phrase" in status
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()

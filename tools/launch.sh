@@ -1,6 +1,9 @@
 # Sourced by train.sh and test.sh: `launch script.py args...` runs one process with plain python, or several
 # with torchrun and a static rendezvous, from NPROC, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT and PYTHON
 # (TORCHRUN=1: torchrun even for one process, e.g. to exercise the process group on one GPU).
+# MAX_RESTARTS=N: torchrun restarts the workers up to N times after one fails (they resume from
+# checkpoint_latest.pth); RDZV_ENDPOINT=host:port: the c10d rendezvous instead of the static one, so that a node may
+# leave and rejoin (RDZV_ID names the job, default segvg). Either runs torchrun even for one process.
 # SIGTERM and SIGUSR1 sent to this shell (a scheduler's preemption notice, SLURM's --signal=B:USR1@120) are passed
 # on to the Python processes -- under torchrun to its workers, since torchrun itself dies of SIGUSR1 -- which
 # then save a checkpoint and exit with status 128 + the signal's number (train.py: docs/training.md).
@@ -24,8 +27,13 @@ launch() {
     if single_process; then
         "$PYTHON" "$@" &
     else
-        "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" --nnodes "$NNODES" --node_rank "${NODE_RANK:-0}" \
-            --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" "$@" &
+        local rendezvous=(--node_rank "${NODE_RANK:-0}" --master_addr "${MASTER_ADDR:-127.0.0.1}"
+                          --master_port "${MASTER_PORT:-29500}")
+        if [ -n "${RDZV_ENDPOINT:-}" ]; then
+            rendezvous=(--rdzv_backend c10d --rdzv_endpoint "$RDZV_ENDPOINT" --rdzv_id "${RDZV_ID:-segvg}")
+        fi
+        "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" --nnodes "$NNODES" "${rendezvous[@]}" \
+            --max_restarts "${MAX_RESTARTS:-0}" "$@" &
     fi
     pid=$!
     FORWARDED=""
@@ -47,7 +55,8 @@ launch() {
 }
 
 single_process() {
-    [ "${TORCHRUN:-0}" != 1 ] && [ "$NPROC" -eq 1 ] && [ "$NNODES" -eq 1 ]
+    [ "${TORCHRUN:-0}" != 1 ] && [ "$NPROC" -eq 1 ] && [ "$NNODES" -eq 1 ] && [ "${MAX_RESTARTS:-0}" -eq 0 ] &&
+        [ -z "${RDZV_ENDPOINT:-}" ]
 }
 
 forward_signal() {

@@ -1,11 +1,14 @@
 """torch.distributed helpers: torchrun's env:// process group or one plain process, gathers and reductions."""
 import builtins
+import datetime
 import os
 
 import torch
 import torch.distributed as dist
 
 from utils.runtime import resolve_device
+
+DEFAULT_TIMEOUT = 1800  # seconds, --dist_timeout: PyTorch's own default for NCCL
 
 
 def is_dist_avail_and_initialized():
@@ -39,6 +42,8 @@ def init_distributed_mode(args):
     """Join the process group described by torchrun's RANK/WORLD_SIZE/LOCAL_RANK; without them run alone.
 
     Sets args.distributed, args.rank, args.world_size, args.gpu and resolves args.device (nccl on GPUs, gloo on CPU).
+    A collective that waits longer than args.dist_timeout seconds (a rank hung on a dead file system, stopped, lost)
+    ends the process with an error, so that the job stops instead of waiting forever, and restarts or requeues.
     """
     args.device = resolve_device(args.device)
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
@@ -54,9 +59,33 @@ def init_distributed_mode(args):
         backend = "nccl"
     else:
         backend = "gloo"
-    dist.init_process_group(backend=backend, init_method=args.dist_url, world_size=args.world_size, rank=args.rank)
+    # NCCL's watchdog then aborts a timed-out collective instead of leaving it blocked (PyTorch's advice).
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    timeout = datetime.timedelta(seconds=getattr(args, "dist_timeout", DEFAULT_TIMEOUT))
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is not None and args.dist_url == "env://":
+        # Workers restarted by torchrun (--max_restarts) meet in the store of the failed round, whose keys would
+        # send them to the dead workers' addresses: each round gets keys of its own.
+        store, _, _ = next(dist.rendezvous(args.dist_url, timeout=timeout))
+        store = dist.PrefixStore(f"segvg/round_{restart}", store)
+        dist.init_process_group(backend=backend, store=store, world_size=args.world_size, rank=args.rank,
+                                timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, init_method=args.dist_url, world_size=args.world_size,
+                                rank=args.rank, timeout=timeout)
     dist.barrier()
     setup_for_distributed(args.rank == 0)
+
+
+def collective_timeout(err, seconds):
+    """The one line to print when err is a collective that timed out (gloo: "Timed out waiting ...", NCCL's
+    watchdog: "... timeout ..."), else None."""
+    text = str(err).strip()
+    if "timed out" not in text.lower() and "timeout" not in text.lower():
+        return None
+    detail = text.splitlines()[0][:200] if text else type(err).__name__
+    return (f"rank {get_rank()}: a collective waited more than --dist_timeout {seconds:g} s for another process, "
+            f"which hangs or was stopped ({detail}); the run ends so that it can be restarted or requeued")
 
 
 def destroy_process_group():

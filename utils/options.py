@@ -195,7 +195,7 @@ def _add_loss_flags(parser):
                       help="box: BoxInst's projection and pairwise terms from the ground-truth box; mask: focal + dice "
                            "against the true masks where the training set has them (the demo, JSONL \"mask\"), the box "
                            "terms for the samples without one; masks are read only with \"mask\"")
-    fine.add_argument("--mask_head_gradient", default="shared", choices=["shared", "head"],
+    fine.add_argument("--mask_head_gradient", default="head", choices=["shared", "head"],
                       help="where the fine head's terms train: shared = the head and the network under it (backbone, "
                            "encoders, queries); head = the head alone, on detached inputs, so the rest of the model "
                            "trains as with the grid head (docs/model.md)")
@@ -285,7 +285,15 @@ def _add_checkpoint_flags(parser):
 def _add_distributed_flags(parser):
     dist = parser.add_argument_group("distributed (torchrun sets RANK, WORLD_SIZE and LOCAL_RANK)")
     dist.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cuda, cuda:N or cpu")
-    dist.add_argument("--dist_url", default="env://", help="init_method of the process group")
+    add_process_group_flags(dist)
+
+
+def add_process_group_flags(group):
+    """--dist_url and --dist_timeout (train.py, eval.py, predict.py under torchrun)."""
+    group.add_argument("--dist_url", default="env://", help="init_method of the process group under torchrun")
+    group.add_argument("--dist_timeout", default=1800, type=float,
+                       help="seconds a collective may wait for the other processes before the run ends with an error "
+                            "(a rank that hangs instead of dying; docs/training.md)")
 
 
 def _add_speed_flags(parser):
