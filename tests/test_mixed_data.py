@@ -1,6 +1,9 @@
 """Several datasets at once (--dataset A,B): REFER-format index files with images planted across unc / unc+ /
 gref_umd / gref; exactly the planted training expressions are dropped and named in mixed_data.json."""
 import json
+import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +14,12 @@ from PIL import Image
 from datasets import build_dataset, build_tokenizer
 from datasets.mixed import MixedDataset, dataset_names, image_key, read_holdout_list
 from engine import selection_score
-from helpers import tiny_train_args
+from eval import get_args_parser as eval_parser
+from eval import main as eval_main
+from helpers import TINY_TRAIN, tiny_train_args
+from test_train_preemption import ROOT, environment, wait_for_step
 from train import main as train_main
+from utils.checkpoint import safe_load
 
 COCO_DIR = "other/images/mscoco/images/train2014"
 # dataset -> split -> COCO image ids (one expression each, two for the images marked twice)
@@ -114,7 +121,46 @@ def test_a_mixed_run_trains_and_writes_mixed_data_json(refer, tmp_path, capsys):
     assert report["datasets"]["gref_umd"]["dropped_images"] == [coco(8)]
     assert set(report["datasets"]) == {"unc", "unc+", "gref_umd"}
     log = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
-    assert set(log[-1]["validation_by_dataset"]) == {"unc", "unc+", "gref_umd"}
+    by_dataset = log[-1]["validation_by_dataset"]
+    assert set(by_dataset) == {"unc", "unc+", "gref_umd"}
+    # The run's figures per dataset are eval.py's on the same checkpoint and split (one epoch: best = last).
+    flags = ["--checkpoint", str(out / "best_checkpoint.pth"), "--device", "cpu", "--num_workers", "0",
+             "--output_dir", str(tmp_path / "eval")]
+    summary = eval_main(eval_parser().parse_args(flags + ["--eval_sets", "unc:val,unc+:val,gref_umd:val"]))
+    for name, stats in by_dataset.items():
+        assert summary[f"{name}:val"]["count"] == stats["count"]
+        assert summary[f"{name}:val"]["miou"] == pytest.approx(stats["miou"], abs=1e-5)
+        assert summary[f"{name}:val"]["accu"] == stats["accu"]
+    with pytest.raises(ValueError, match="trained on several datasets"):
+        eval_main(eval_parser().parse_args(flags + ["--eval_set", "val"]))
+
+
+def mixed_command(refer, output_dir):
+    return [sys.executable, "train.py", *TINY_TRAIN, "--dataset", "unc,unc+,gref_umd", "--dataset_ratios", "1,1,2",
+            "--data_root", str(refer / "images"), "--split_root", str(refer / "split"), "--output_dir",
+            str(output_dir), "--batch_size", "2", "--epochs", "3", "--dropout", "0.1", "--lr_scheduler", "cosine_iter",
+            "--lr", "1e-3", "--save_every", "1", "--auto_resume", "--bert_model", "bert-base-uncased"]
+
+
+def test_a_sigkilled_mixed_run_resumes_bit_exact(refer, tmp_path):
+    env = environment()
+    subprocess.run(mixed_command(refer, tmp_path / "straight"), cwd=ROOT, env=env, check=True, capture_output=True)
+    straight = safe_load(tmp_path / "straight" / "checkpoint_latest.pth")
+    output_dir = tmp_path / "killed"
+    proc = subprocess.Popen(mixed_command(refer, output_dir), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    steps_per_epoch = straight["step"] // 3
+    wait_for_step(proc, output_dir, random.choice([s for s in range(2, straight["step"] - 2) if s % steps_per_epoch]))
+    proc.kill()
+    proc.wait()
+    killed_at = safe_load(output_dir / "checkpoint_latest.pth")["step"]
+    resumed = subprocess.run(mixed_command(refer, output_dir), cwd=ROOT, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"step {killed_at}" in resumed.stdout
+    final = safe_load(output_dir / "checkpoint_latest.pth")
+    assert final["step"] == straight["step"]
+    for name, value in straight["model"].items():
+        assert torch.equal(final["model"][name], value), name
 
 
 @pytest.mark.parametrize("world_size", [1, 3])
