@@ -112,8 +112,9 @@ def report_mix(args, dataset):
     else:
         report = dataset.dropped
     for name, counts in report.items():
-        print(f"{name}: {counts['kept']} training expressions kept, {counts['dropped']} dropped (their "
-              f"{len(counts['dropped_images'])} images are in evaluation splits)")
+        images = len(counts["dropped_images"])
+        print(f"{name}: {counts['kept']} training expressions kept, {counts['dropped']} dropped"
+              + (f" (their {images} images are in evaluation splits)" if images else ""))
     if is_main_process():
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         text = json.dumps({"allow_test_images": args.allow_test_images, "holdout_images": args.holdout_images,
@@ -275,8 +276,11 @@ def train(args, stop, explicit=()):
 
     if writer is not None:
         writer.close()
+    picked_by = ""
+    if len(dataset_names(args.dataset)) > 1:
+        picked_by = f" ({args.best_on}'s val split)" if args.best_on else " (the mean over the datasets' val splits)"
     print(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}; "
-          f"best validation Acc@0.5 {progress['best_accu']:.4f}")
+          f"best validation Acc@0.5 {progress['best_accu']:.4f}{picked_by}")
     return status
 
 
