@@ -146,6 +146,10 @@ def main(args, explicit=()):
         raise ValueError(f"--keep_last must be at least 1, got {args.keep_last}")
     args.output_dir = args.output_dir or str(Path("outputs") / "+".join(dataset_names(args.dataset)))
     init_distributed_mode(args)
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+    if restart:  # torchrun's own note of it is at its INFO level, which it does not print by default
+        print(f"torchrun restarted the workers after a failure (restart {restart} of "
+              f"{os.environ.get('TORCHELASTIC_MAX_RESTARTS', '?')}); continuing from the output folder's checkpoint")
     lock = lock_output_dir(args)
     try:
         with StopSignal() as stop:

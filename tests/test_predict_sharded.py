@@ -84,7 +84,7 @@ def part_lines(out):
 
 
 @pytest.mark.parametrize("when", ["batch boundary", "mid-batch"])
-def test_sigkill_then_auto_resume_gives_every_input_once(inputs, reference, tmp_path, when):
+def test_sigkill_then_auto_resume_gives_every_input_once(inputs, reference, tmp_path, when, capsys):
     out = tmp_path / "preds"
     process = subprocess.Popen(torchrun(2, command(inputs, out)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                env=environment(), start_new_session=True)
@@ -106,9 +106,8 @@ def test_sigkill_then_auto_resume_gives_every_input_once(inputs, reference, tmp_
         with open(out / "parts" / "part_0.jsonl", "ab") as part:
             part.write(json.dumps(reference[44]).encode())  # its mask is another run's: it must not be taken
 
-    again = subprocess.run(torchrun(2, command(inputs, out)), capture_output=True, text=True, env=environment(),
-                           timeout=300)
-    assert again.returncode != 0 and "--auto_resume to continue" in again.stderr  # no silent overwrite
+    with pytest.raises(ValueError, match="--auto_resume to continue"):  # no silent overwrite
+        predict.main(command(inputs, out))
     resumed = subprocess.run(torchrun(2, command(inputs, out, "--auto_resume")), capture_output=True, text=True,
                              env=environment(), timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -116,9 +115,9 @@ def test_sigkill_then_auto_resume_gives_every_input_once(inputs, reference, tmp_
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert_same_records(records, reference, out)
     # A finished run resumed again has nothing left to do and keeps its records.
-    finished = subprocess.run([sys.executable, str(ROOT / "predict.py"), *command(inputs, out, "--auto_resume")],
-                              capture_output=True, text=True, env=environment(), timeout=300)
-    assert finished.returncode == 0 and "48 of 50 inputs already done" in finished.stderr
+    capsys.readouterr()
+    predict.main(command(inputs, out, "--auto_resume"))
+    assert "48 of 50 inputs already done" in capsys.readouterr().err
     assert (out / "predictions.jsonl").read_text().splitlines() == [json.dumps(r) for r in records]
 
 
