@@ -17,20 +17,17 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from datasets.files import FileWriteError
 from datasets.samplers import ImageBatchSampler
-from inference import SegVGPredictor, load_rgb
-from inference.prediction_run import PredictionRun
+from inference import SegVGPredictor
+from inference.prediction_run import PredictionRun, predict_batches, save_prediction
 from utils.checkpoint import CheckpointError
 from utils.distributed import destroy_process_group, init_distributed_mode, is_main_process
 from utils.eval_utils import MASK_THRESHOLD
-from utils.mask_metrics import save_png
 from utils.options import add_backend_flags, add_mask_refine_flag, add_process_group_flags, add_tokenizer_flags
-from utils.predictions import prediction_record, read_pairs
-from utils.visualize import draw_overlay
+from utils.predictions import read_pairs
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -126,29 +123,6 @@ def check_outputs(opts):
                          f"that run, or --overwrite")
 
 
-def predict_batches(predictor, pairs, batches, progress=None):
-    """Yields (pair index, rgb, result) for each pair of each batch (lists of pair indices), each image read and
-    encoded once per batch; an image that cannot be read gives (pair index, None, why) and a warning."""
-    for batch in batches:
-        loaded = {}
-        for k in batch:
-            image = pairs[k][0]
-            if image not in loaded:
-                try:
-                    loaded[image] = load_rgb(image)
-                except (FileNotFoundError, ValueError) as err:
-                    loaded[image] = str(err)
-                    sys.stderr.write(f"warning: skipped {image}: {err}\n")  # every rank reports its own
-        good = [k for k in batch if not isinstance(loaded[pairs[k][0]], str)]
-        results = predictor.predict([loaded[pairs[k][0]] for k in good], [pairs[k][1] for k in good]) if good else []
-        by_pair = dict(zip(good, results))
-        for k in batch:
-            image = loaded[pairs[k][0]]
-            yield (k, image, by_pair[k]) if k in by_pair else (k, None, image)
-        if progress is not None:
-            progress.update(len(loaded))
-
-
 def build_predictor(opts):
     if opts.backend == "onnxruntime":
         return SegVGPredictor.from_onnx(opts.onnx, opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file,
@@ -158,28 +132,9 @@ def build_predictor(opts):
                                           mask_refine=opts.mask_refine)
 
 
-def write_outputs(opts, pairs, k, rgb, result, overlays):
-    """Masks and overlay of pair k -> its prediction record, naming them."""
-    image, phrase = pairs[k]
-    output_dir = Path(opts.output_dir) if opts.output_dir else None
-    extra = {"image_size": result["image_size"]}
-    if opts.save_masks and output_dir is not None:
-        name = f"{k:05d}_{Path(image).stem}.png"
-        extra["mask"] = str(output_dir / "masks" / name)
-        save_png(result["binary_mask"].astype(np.uint8) * 255, output_dir / "masks" / name)
-        if opts.save_probabilities:
-            extra["probability"] = str(output_dir / "probabilities" / name)
-            save_png(np.round(result["mask"] * 255).astype(np.uint8), output_dir / "probabilities" / name)
-        if "refined_mask" in result:
-            folder = output_dir / f"masks_{opts.mask_refine}"
-            extra[f"{opts.mask_refine}_mask"] = str(folder / name)
-            save_png(result["refined_mask"].astype(np.uint8) * 255, folder / name)
-    if k in overlays:
-        overlays[k].parent.mkdir(parents=True, exist_ok=True)
-        shown = result["refined_mask"].astype(np.float32) if "refined_mask" in result else result["mask"]
-        draw_overlay(rgb, result["box"], shown, phrase, result["score"]).save(overlays[k])
-        extra["overlay"] = str(overlays[k])
-    return prediction_record(image, phrase, result["box"], result["score"], **extra)
+def save(opts, pairs, k, rgb, result, overlays):
+    return save_prediction(pairs, k, rgb, result, opts.output_dir, opts.save_masks, opts.save_probabilities,
+                           opts.mask_refine, overlays.get(k))
 
 
 def overlay_targets(opts, count):
@@ -210,7 +165,7 @@ def predict_to_screen(opts, predictor, pairs):
     done = {}
     for k, rgb, result in predict_batches(predictor, pairs, batches):
         if rgb is not None:
-            done[k] = (result, write_outputs(opts, pairs, k, rgb, result, overlays))
+            done[k] = (result, save(opts, pairs, k, rgb, result, overlays))
     for k in sorted(done):
         result, record = done[k]
         if opts.json:
@@ -243,7 +198,7 @@ def predict_to_folder(opts, predictor, pairs):
                 if rgb is None:
                     entries.append({"index": k, "image": str(pairs[k][0]), "phrase": pairs[k][1], "skipped": result})
                 else:
-                    entries.append({**write_outputs(opts, pairs, k, rgb, result, overlays), "index": k})
+                    entries.append({**save(opts, pairs, k, rgb, result, overlays), "index": k})
             run.append(entries)
     records, skipped = run.finish()
     if run.shard is not None:

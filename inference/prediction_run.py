@@ -11,13 +11,20 @@ its part and leaves the merge to a later run of the same command without --shard
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
+import numpy as np
 import torch.distributed as dist
 
 from datasets.files import FileWriteError, fsync_folder
 from datasets.records import write_jsonl
 from datasets.samplers import ImageBatchSampler, world_and_rank
+from utils.mask_metrics import save_png
+from utils.predictions import prediction_record
+from utils.visualize import draw_overlay
+
+from .predictor import load_rgb
 
 PARTS = "parts"
 MERGED = "predictions.jsonl"
@@ -136,3 +143,51 @@ class PredictionRun:
         shutil.rmtree(self.parts, ignore_errors=True)
         fsync_folder(self.output_dir)
         return records, [entry for entry in entries if "skipped" in entry]
+
+
+def predict_batches(predictor, pairs, batches, progress=None):
+    """Yields (pair index, rgb, result) for each pair of each batch (lists of pair indices), each image read and
+    encoded once per batch; an image that cannot be read gives (pair index, None, why) and a warning."""
+    for batch in batches:
+        loaded = {}
+        for k in batch:
+            image = pairs[k][0]
+            if image not in loaded:
+                try:
+                    loaded[image] = load_rgb(image)
+                except (FileNotFoundError, ValueError) as err:
+                    loaded[image] = str(err)
+                    sys.stderr.write(f"warning: skipped {image}: {err}\n")  # every rank reports its own
+        good = [k for k in batch if not isinstance(loaded[pairs[k][0]], str)]
+        results = predictor.predict([loaded[pairs[k][0]] for k in good], [pairs[k][1] for k in good]) if good else []
+        by_pair = dict(zip(good, results))
+        for k in batch:
+            image = loaded[pairs[k][0]]
+            yield (k, image, by_pair[k]) if k in by_pair else (k, None, image)
+        if progress is not None:
+            progress.update(len(loaded))
+
+
+def save_prediction(pairs, k, rgb, result, output_dir=None, save_masks=False, save_probabilities=False,
+                    mask_refine="none", overlay=None):
+    """Masks (under output_dir) and overlay of pair k -> its prediction record, naming them."""
+    image, phrase = pairs[k]
+    extra = {"image_size": result["image_size"]}
+    if save_masks and output_dir is not None:
+        output_dir = Path(output_dir)
+        name = f"{k:05d}_{Path(image).stem}.png"
+        extra["mask"] = str(output_dir / "masks" / name)
+        save_png(result["binary_mask"].astype(np.uint8) * 255, output_dir / "masks" / name)
+        if save_probabilities:
+            extra["probability"] = str(output_dir / "probabilities" / name)
+            save_png(np.round(result["mask"] * 255).astype(np.uint8), output_dir / "probabilities" / name)
+        if "refined_mask" in result:
+            folder = output_dir / f"masks_{mask_refine}"
+            extra[f"{mask_refine}_mask"] = str(folder / name)
+            save_png(result["refined_mask"].astype(np.uint8) * 255, folder / name)
+    if overlay is not None:
+        overlay.parent.mkdir(parents=True, exist_ok=True)
+        shown = result["refined_mask"].astype(np.float32) if "refined_mask" in result else result["mask"]
+        draw_overlay(rgb, result["box"], shown, phrase, result["score"]).save(overlay)
+        extra["overlay"] = str(overlay)
+    return prediction_record(image, phrase, result["box"], result["score"], **extra)
