@@ -137,6 +137,12 @@ def parse_entry(entry, dataset, float_boxes=False):
     return file_name, values, phrase, extra
 
 
+def number_images(keys):
+    """[image key of each sample] -> [number of its image], numbered in order of first appearance."""
+    numbers = {}
+    return [numbers.setdefault(key, len(numbers)) for key in keys]
+
+
 def read_rgb(path):
     """uint8 [H, W, 3] RGB whatever the file holds (gray, CMYK, RGBA, palette, 16-bit: top 8 bits).
 
@@ -214,8 +220,7 @@ class GroundingDataset(Dataset):
     def image_id(self, idx):
         """A number per distinct image of the split (sample idx's)."""
         if self._image_ids is None:
-            ids = {}
-            self._image_ids = [ids.setdefault(key, len(ids)) for key in self.image_keys()]
+            self._image_ids = number_images(self.image_keys())
         return self._image_ids[idx]
 
     def _parse(self, idx):

@@ -72,9 +72,12 @@ def collate_fn(batch, skip=()):
 def collate_by_image(batch):
     """collate_fn's batch with each distinct image once (samples of one image share their canvas under the
     evaluation transform): img [I,3,S,S], img_mask [I,S,S], and image_index [B] long, sample b's image."""
-    slots = {}
-    image_index = torch.tensor([slots.setdefault(sample["image_id"], len(slots)) for sample in batch])
-    firsts = [batch[image_index.tolist().index(slot)] for slot in range(len(slots))]
+    slots, firsts = {}, []
+    for sample in batch:
+        if sample["image_id"] not in slots:
+            slots[sample["image_id"]] = len(slots)
+            firsts.append(sample)
+    image_index = torch.tensor([slots[sample["image_id"]] for sample in batch])
     out = collate_fn(batch, skip=("img", "img_mask"))
     out["img"] = torch.stack([sample["img"] for sample in firsts])
     out["img_mask"] = torch.stack([sample["img_mask"] for sample in firsts])

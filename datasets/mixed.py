@@ -5,12 +5,13 @@ another's val and test splits (RefCOCOg-google's splits partition objects, not i
 When datasets are mixed, every training expression whose image is in a val or test split of a dataset of the same
 image source found under --split_root (mixed in or not), or in --holdout_images, is dropped.
 """
+import bisect
 import re
 from pathlib import Path
 
 from torch.utils.data import ConcatDataset
 
-from .grounding import CATALOG, is_builtin, load_index, parse_entry
+from .grounding import CATALOG, load_index, number_images, parse_entry
 from .records import split_files
 
 # Datasets that draw their images from one collection: an image of one may be an image of another.
@@ -105,7 +106,7 @@ class MixedDataset(ConcatDataset):
 
     def part(self, idx):
         """(the dataset of sample idx, its index there)."""
-        k = next(k for k, end in enumerate(self.cumulative_sizes) if idx < end)
+        k = bisect.bisect_right(self.cumulative_sizes, idx)  # as ConcatDataset.__getitem__ finds it
         return self.datasets[k], idx - (self.cumulative_sizes[k - 1] if k else 0)
 
     def set_epoch(self, epoch):
@@ -134,8 +135,7 @@ class MixedDataset(ConcatDataset):
 
     def image_id(self, idx):
         if self._image_ids is None:
-            ids = {}
-            self._image_ids = [ids.setdefault(key, len(ids)) for key in self.image_keys()]
+            self._image_ids = number_images(self.image_keys())
         return self._image_ids[idx]
 
     def __getitem__(self, idx):
