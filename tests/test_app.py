@@ -132,6 +132,7 @@ def ground_in_page(page, image, phrases, expect):
     page.wait_for_timeout(500)  # the table and image render after the status
 
 
+@pytest.mark.slow
 def test_page_in_headless_chromium(checkpoint, photo, tmp_path, capsys):
     pytest.importorskip("gradio", reason="the app's requirements: pip install -r requirements-app.txt")
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -r requirements-app.txt")

@@ -9,7 +9,7 @@ from helpers import model_inputs, synthetic_batch, tiny_args
 from datasets.files import FileWriteError, atomic_save
 from models import build_model
 from utils import checkpoint
-from utils.checkpoint import (CheckpointError, load_detr_weights, load_official_checkpoint, load_state_dict_checked,
+from utils.checkpoint import (load_detr_weights, load_official_checkpoint, load_state_dict_checked,
                               ours_to_official, safe_load)
 
 

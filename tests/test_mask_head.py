@@ -160,6 +160,7 @@ def test_fine_checkpoint_through_predict_and_eval(fine_checkpoint, tmp_path):
     assert all("miou" in report[key] for key in ("mask", "pred_box_mask", "gt_box_mask"))
 
 
+@pytest.mark.slow
 def test_fine_checkpoint_exports_to_onnx(fine_checkpoint, tmp_path):
     pytest.importorskip("onnxruntime", reason="pip install -r requirements-onnx.txt")
     pytest.importorskip("onnxscript", reason="pip install -r requirements-onnx.txt")

@@ -19,11 +19,8 @@ from tools import export_onnx
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("onnx")
-    checkpoint = write_tiny_checkpoint(folder / "best_checkpoint.pth")
-    assert export_onnx.main(["--checkpoint", str(checkpoint), "--out", str(folder / "segvg.onnx")]) == 0
-    return checkpoint, folder / "segvg.onnx"
+def exported(tiny_onnx):
+    return tiny_onnx
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +58,7 @@ def test_onnxruntime_matches_pytorch_within_tolerance(exported):
     assert worst["boxes"] > 0 or worst["probabilities"] > 0  # two runtimes really ran
 
 
+@pytest.mark.slow
 def test_opset_23_exports_onnx_attention_that_onnxruntime_runs(exported, tmp_path, capsys):
     """Opset 23 turns every attention into one Attention node; ONNX Runtime runs them (the masks it cannot broadcast
     are expanded at export) within the tolerances."""

@@ -7,23 +7,21 @@ import pytest
 pytest.importorskip("onnxruntime", reason="pip install -r requirements-onnx.txt")
 pytest.importorskip("onnxscript", reason="pip install -r requirements-onnx.txt")
 
-from helpers import make_demo, noise_image, write_tiny_checkpoint
+from helpers import make_demo, noise_image
 
 from inference import SegVGPredictor
 from inference.onnx_export import example_inputs
 from inference.onnx_quantize import spread_indices
 from inference.onnx_runtime import INPUT_NAMES, OnnxModelError, OnnxRuntimeModel, run_feed
-from tools import export_onnx, quantize_onnx
+from tools import quantize_onnx
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("onnx_int8")
-    checkpoint = write_tiny_checkpoint(folder / "best_checkpoint.pth")
-    assert export_onnx.main(["--checkpoint", str(checkpoint), "--out", str(folder / "segvg.onnx"), "--no_check"]) == 0
+def exported(tiny_onnx, tmp_path_factory):
+    checkpoint, path = tiny_onnx
     demo = make_demo(tmp_path_factory, seed=3, train=12, holdout=2)
     data = ["--data_root", str(demo), "--split_root", str(demo / "split")]
-    return checkpoint, folder / "segvg.onnx", data
+    return checkpoint, path, data
 
 
 def quantize(exported, out, *flags):

@@ -1,22 +1,18 @@
-"""The full-size model against the original SegVG's numbers (tests/data/case_A.pt, ~30 s, ~4.5 GB)."""
+"""The full-size model against the original SegVG's numbers (tests/data/case_A.pt, ~30 s, ~4.5 GB): a perturbed
+weight fails the check and names where. The passing run, `tools/parity_check.py --case tests/data/case_A.pt`, is
+the parity part of tools/gpu_check.sh's dry run (tests/test_gpu_check.py), which the suite runs once."""
 import importlib.util
-import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE = ROOT / "tests" / "data" / "case_A.pt"
 
 
-def test_parity_tool_passes_on_case_a():
-    result = subprocess.run([sys.executable, "tools/parity_check.py", "--case", str(CASE)], cwd=ROOT,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "PARITY OK" in result.stdout
-
-
+@pytest.mark.slow
 def test_parity_tool_fails_and_names_the_first_divergence(monkeypatch, capsys):
     sys.path.insert(0, str(ROOT / "tools"))
     spec = importlib.util.spec_from_file_location("parity_check", ROOT / "tools" / "parity_check.py")

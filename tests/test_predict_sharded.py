@@ -83,6 +83,7 @@ def part_lines(out):
     return sum(path.read_bytes().count(b"\n") for path in (out / "parts").glob("part_*.jsonl"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["batch boundary", "mid-batch"])
 def test_sigkill_then_auto_resume_gives_every_input_once(inputs, reference, tmp_path, when, capsys):
     out = tmp_path / "preds"

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from helpers import TINY_TRAIN, free_port
 from test_train_preemption import EPOCHS, ROOT, STEPS_PER_EPOCH, assert_same_run, demo_root, environment  # noqa: F401
 from test_train_preemption import train_command, wait_for_step
@@ -30,6 +32,7 @@ def workers(launcher):
     return found
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_restarted_and_the_run_ends_as_an_uninterrupted_one(demo_root, tmp_path):
     command, env = train_sh(demo_root, tmp_path / "straight")
     straight = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -50,6 +53,7 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_an_uninterrupted_one(d
                     safe_load(output_dir / "checkpoint_latest.pth"))
 
 
+@pytest.mark.slow
 def test_a_stopped_rank_ends_the_job_after_the_collective_timeout(demo_root, tmp_path):
     output_dir = tmp_path / "hung"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",

@@ -59,6 +59,7 @@ def assert_same_run(a, b):
         assert all(torch.equal(x[k], y[k]) for k in x)
 
 
+@pytest.mark.slow
 def test_killed_at_a_random_step_then_resumed_matches_the_uninterrupted_run(demo_root, tmp_path):
     env = environment()
     subprocess.run(train_command(demo_root, tmp_path / "straight"), cwd=ROOT, env=env, check=True,
@@ -84,6 +85,7 @@ def test_killed_at_a_random_step_then_resumed_matches_the_uninterrupted_run(demo
     assert len(log) == EPOCHS, f"one line per epoch, none repeated: {log}"
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_rank_stops_both_at_the_same_step_and_resume_continues(demo_root, tmp_path):
     env = environment()
     output_dir = tmp_path / "ddp"
@@ -114,6 +116,7 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step_and_resume_continues(de
     assert final["step"] == EPOCHS * STEPS_PER_EPOCH and final["epoch_done"]
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_live_output_folder_is_refused_and_a_killed_holder_blocks_nothing(demo_root, tmp_path):
     env = environment()
     output_dir = tmp_path / "locked"

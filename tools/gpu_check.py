@@ -32,7 +32,8 @@ GOALS = {"inference bf16 batch 32 (images/s)": (("infer32", "bf16"), "throughput
          "training bf16 batch 8 (samples/s)": (("train8", "bf16"), "throughput", ">=", 100),
          "peak training memory batch 8 (GiB)": (("train8", "bf16"), "peak_gib", "<=", 24)}
 # The modules of requirements.txt the parts import (a bare machine may lack some: the env part names them).
-REQUIRED = ("torch", "torchvision", "transformers", "numpy", "cv2", "PIL", "scipy", "pycocotools", "tqdm", "pytest")
+REQUIRED = ("torch", "torchvision", "transformers", "numpy", "cv2", "PIL", "scipy", "pycocotools", "tqdm", "pytest",
+            "xdist")
 DEMO_FLAGS_DRY = ["--backbone", "resnet18", "--bert_layers", "2", "--enc_layers", "2", "--vl_enc_layers", "1",
                   "--vl_dec_layers", "2", "--batch_size", "8"]
 
@@ -108,8 +109,9 @@ def part_parity(runner):
 
 
 def part_correctness(runner):
-    output = runner.run([sys.executable, "-m", "pytest", "-q", "-m", "device", "--device", runner.device, "tests",
-                         "-p", "no:cacheprovider"])
+    # One test process (-n 0): the device tests share one GPU.
+    output = runner.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-m", "device", "--device", runner.device,
+                         "tests"])
     summary = output.strip().splitlines()[-1]
     counts = {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|errors?)", summary)}
     if not counts.get("passed"):
