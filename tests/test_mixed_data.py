@@ -142,6 +142,7 @@ def mixed_command(refer, output_dir):
             "--lr", "1e-3", "--save_every", "1", "--auto_resume", "--bert_model", "bert-base-uncased"]
 
 
+@pytest.mark.slow
 def test_a_sigkilled_mixed_run_resumes_bit_exact(refer, tmp_path):
     env = environment()
     subprocess.run(mixed_command(refer, tmp_path / "straight"), cwd=ROOT, env=env, check=True, capture_output=True)
@@ -185,6 +186,9 @@ def test_dataset_ratios_give_each_dataset_its_share(world_size):
     assert first == list(again) and len(set(first[:500])) > 400  # the same order per epoch, well shuffled
     uses = np.bincount([k - 500 for k in first if 500 <= k < 620], minlength=120)
     assert uses.max() - uses.min() <= 1  # the small dataset: every sample once before any is drawn twice
+    # Under torchrun the ranks split one order, as DistributedSampler does: interleaved, they are the single order.
+    shards = [list(MixSampler(sizes, ratios, seed=3, rank=r, world_size=3)) for r in range(3)]
+    assert [shards[k % 3][k // 3] for k in range(sum(sizes))] == list(MixSampler(sizes, ratios, seed=3))
     with pytest.raises(ValueError):
         MixSampler(sizes, [1, 1])
 
