@@ -55,6 +55,18 @@ def autocast(device, amp):
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
 
 
+def gradient_clipping_groups(model):
+    """The parameters whose gradients are clipped together (--clip_max_norm): all of them, except that a fine mask head
+    trained on detached inputs (--mask_head_gradient head) is clipped on its own, so that its gradient does not scale
+    the rest's: the rest of the model then trains exactly as with the grid head."""
+    network = getattr(model, "module", model)  # under DistributedDataParallel
+    head = getattr(network, "mask_head", None)
+    if head is None or not network.mask_head_detached:
+        return [list(model.parameters())]
+    in_head = {id(p) for p in head.parameters()}
+    return [[p for p in model.parameters() if id(p) not in in_head], list(head.parameters())]
+
+
 def train_one_epoch(state, data_loader, epoch, logger=None):
     """One pass over data_loader from batch state.progress["batch"] (non-zero on a mid-epoch resume).
 
@@ -78,6 +90,7 @@ def train_one_epoch(state, data_loader, epoch, logger=None):
     epoch_start = last = time.perf_counter()
     paused = 0.0  # seconds spent validating inside the epoch, not training
     status = "done"
+    clipping_groups = gradient_clipping_groups(model)
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(bar, first):
         fraction = run_fraction(args, progress, len(data_loader))
@@ -103,7 +116,8 @@ def train_one_epoch(state, data_loader, epoch, logger=None):
         scaler.scale(losses["loss"]).backward()
         if args.clip_max_norm > 0:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_max_norm)
+            for group in clipping_groups:
+                torch.nn.utils.clip_grad_norm_(group, args.clip_max_norm)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)

@@ -41,7 +41,7 @@ class SegmentationHead(MLP):
 
 class SegVG(nn.Module):
     def __init__(self, visual, text, triple_alignment, vl_encoder, decoder, hidden_dim, max_query_len,
-                 grid_size, num_seg_queries, bert_layers_per_stage, mask_head=None):
+                 grid_size, num_seg_queries, bert_layers_per_stage):
         super().__init__()
         self.visual = visual
         self.text = text
@@ -59,7 +59,7 @@ class SegVG(nn.Module):
         self.decoder = decoder
         self.box_head = MLP(hidden_dim, hidden_dim, 4, 3)
         self.seg_head = SegmentationHead(2 * hidden_dim, hidden_dim, 1, 3)
-        self.mask_head = mask_head  # None: the grid head's map is the model's mask (the original)
+        self.mask_head = None  # set by build_segvg (--mask_head fine); None: the grid head's map is the mask
         self.mask_head_detached = False  # set by build_segvg (--mask_head_gradient head)
         self.checkpoint_activations = False
 
@@ -148,7 +148,12 @@ def build_segvg(args):
     visual = build_visual_encoder(args, backbone_feature_strides(args))
     model = SegVG(visual, text, build_triple_alignment(args, text.dim), build_vl_encoder(args),
                   build_decoder(args), args.vl_hidden_dim, args.max_query_len, grid_size, args.num_seg_queries,
-                  text.num_layers // args.enc_layers, build_mask_head(args, visual.backbone.feature_channels))
+                  text.num_layers // args.enc_layers)
+    # Built last and from random numbers of its own: the rest of the model then starts from the weights a grid-head
+    # model of the same seed has, and the run draws the same dropout and augmentation.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(torch.initial_seed() + 1)
+        model.mask_head = build_mask_head(args, visual.backbone.feature_channels)
     model.mask_head_detached = args.mask_head_gradient == "head"
     model.set_activation_checkpointing(args.checkpoint_activations)
     return model

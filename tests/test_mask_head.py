@@ -14,10 +14,12 @@ from helpers import (model_inputs, noise_image, synthetic_batch, tiny_args, tiny
 import eval as eval_script
 import predict
 from datasets import demo
+from engine import TrainState, train_one_epoch
 from inference.fast_path import prepare_for_inference
 from utils.checkpoint import CheckpointError, load_from_checkpoint, load_weights, resolve_config, safe_load
 from models import build_model
 from models.mask_head import default_mask_stride
+from train import build_optimizer
 from utils.losses import build_criterion
 
 FINE = ("--mask_head", "fine")
@@ -96,6 +98,26 @@ def test_detached_head_trains_the_head_alone(gradient):
     reached = {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert "mask_head" in reached
     assert (reached == {"mask_head"}) == (gradient == "head"), reached
+
+
+def test_a_detached_head_leaves_the_rest_training_as_the_grid_head():
+    """--mask_head_gradient head (the default): from the same seed the rest of the model starts from the grid-head
+    model's weights and trains exactly as it does (dropout and gradient clipping included), so the boxes are the grid
+    head's."""
+    def trained(*extra):
+        args = tiny_train_args("--clip_max_norm", "0.1", *extra)
+        torch.manual_seed(0)
+        model = build_model(args)
+        state = TrainState(model, build_criterion(args), build_optimizer(model, args),
+                           torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"), args,
+                           {"step": 0, "batch": 0, "train_seconds": 0.0})
+        train_one_epoch(state, [synthetic_batch(args, 4, seed=k) for k in range(3)], 0)
+        return model.state_dict()
+
+    grid, fine = trained(), trained(*FINE)
+    assert set(grid) < set(fine)
+    for name, value in grid.items():
+        assert torch.equal(fine[name], value), name
 
 
 def test_seg_loss_off_turns_the_fine_terms_off_too():
