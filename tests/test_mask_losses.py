@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
-from utils.mask_losses import (FineMaskLoss, map_dice, color_similarity, pairwise_loss, projection_loss,
+from utils.mask_losses import (FineMaskLoss, map_dice, color_similarity, pair_counts, pairwise_loss, projection_loss,
                                rgb_to_lab)
 
 BIG = 30.0  # a logit whose sigmoid is 1 (or 0) to float precision
@@ -100,6 +100,44 @@ def test_pairwise_across_a_colour_edge_counts_only_same_colour_pairs():
     assert similarity.max() == pytest.approx(1.0) and similarity.min() < 1e-10
 
 
+def test_pair_counts_against_a_loop_over_every_pair():
+    g = torch.Generator().manual_seed(3)
+    size, dilation, thresholds = 7, 2, (0.5, 0.2, 0.05)
+    similarity = torch.rand(2, 8, size, size, generator=g)
+    box, valid, true = (torch.rand(2, size, size, generator=g) < p for p in (0.6, 0.9, 0.5))
+    expected = {kind: [0, [0] * len(thresholds)] for kind in ("object", "background", "across")}
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+    for b in range(2):
+        for y in range(size):
+            for x in range(size):
+                for k, (dy, dx) in enumerate(offsets):
+                    ny, nx = y + dilation * dy, x + dilation * dx
+                    inside = 0 <= ny < size and 0 <= nx < size
+                    if not (box[b, y, x] and valid[b, y, x] and inside and valid[b, ny, nx]):
+                        continue
+                    kind = "across" if true[b, y, x] != true[b, ny, nx] else "object" if true[b, y, x] else "background"
+                    expected[kind][0] += 1
+                    for t, threshold in enumerate(thresholds):
+                        expected[kind][1][t] += int(similarity[b, k, y, x] >= threshold)
+    counts = pair_counts(similarity, box, valid, true, dilation, thresholds)
+    assert {kind: [pairs, counted] for kind, (pairs, counted) in counts.items()} == expected
+    assert all(pairs > 0 for pairs, _ in expected.values())
+
+
+def test_pair_counts_on_a_two_colour_image_count_no_pair_across_the_outline():
+    size = 12
+    rgb = torch.zeros(1, 3, size, size)
+    rgb[:, 0, :, :5] = 1.0  # a red object on the left, black background
+    true = torch.zeros(1, size, size, dtype=torch.bool)
+    true[:, :, :5] = True
+    box, valid = box_region(size, 0, 0, 8, size), torch.ones(1, size, size)
+    counts = pair_counts(color_similarity(canvas(rgb), 1, 2), box, valid, true, 2, (0.3,))
+    for kind in ("object", "background"):
+        pairs, counted = counts[kind]
+        assert pairs > 0 and counted == [pairs]
+    assert counts["across"][0] > 0 and counts["across"][1] == [0]
+
+
 def test_pairwise_outside_the_box_is_not_counted():
     size = 8
     img = canvas(torch.full((1, 3, size, size), 0.5))
@@ -152,8 +190,8 @@ def test_padding_never_counts():
 def test_pairwise_warmup_and_weights():
     img, box, logits = random_scene()
     rect = torch.tensor([[0, 0, 32, 32]] * 2)
-    full = FineMaskLoss(2, warmup=0.2)(logits, box, img, rect, fraction=0.5)
-    half = FineMaskLoss(2, warmup=0.2)(logits, box, img, rect, fraction=0.1)
+    full = FineMaskLoss(2, weight_box_fill=2.0, warmup=0.2)(logits, box, img, rect, fraction=0.5)
+    half = FineMaskLoss(2, weight_box_fill=2.0, warmup=0.2)(logits, box, img, rect, fraction=0.1)
     assert half["loss_pairwise"].item() == pytest.approx(full["loss_pairwise"].item() / 2, rel=1e-6)
     weighted = FineMaskLoss(2, weight_projection=3.0, weight_pairwise=0.5, weight_box_fill=0.25, warmup=0)(
         logits, box, img, rect)

@@ -12,6 +12,7 @@ import train
 from datasets import build_dataset, build_tokenizer, collate_fn, demo
 from datasets.grounding import GroundingDataset
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from tools import pairwise_threshold
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +86,26 @@ def test_training_on_true_masks_logs_their_terms(demo_root, tmp_path):
     log = json.loads((tmp_path / "out" / "log.txt").read_text().splitlines()[-1])
     assert log["train_loss_mask_dice"] > 0 and log["train_loss_mask_focal"] > 0
     assert json.loads((tmp_path / "out" / "config.json").read_text())["mask_supervision"] == "mask"
+
+
+def test_pairwise_threshold_tool_counts_the_pairs_of_a_split_with_masks(demo_root, tmp_path, capsys):
+    flags = ["--dataset", "demo", "--data_root", str(demo_root), "--split_root", str(demo_root / "split"),
+             "--imsize", "64", "--num_workers", "0"]
+    pairwise_threshold.main(["--samples", "20", "--thresholds", "0.3", "0.1", "--", *flags])
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in capsys.readouterr().out.splitlines()
+            if line.split()[0] in ("object", "background", "across")}
+    assert set(rows) == {"object", "background", "across"}
+    assert sum(row[0] for row in rows.values()) == pytest.approx(1, abs=2e-3)  # the shares, printed to 3 places
+    for row in rows.values():
+        assert 0 <= row[1] <= row[2] <= 1  # a lower threshold counts at least the same pairs
+    # The demo's flat colours: alike cells agree, the outline is crossed by (almost) no counted pair.
+    assert rows["object"][1] > 0.5 and rows["background"][1] > 0.5 and rows["across"][2] < 0.05
+    # Without masks: one line that says so.
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (20, 20)).save(tmp_path / "images" / "a.png")
+    (tmp_path / "split" / "mine").mkdir(parents=True)
+    (tmp_path / "split" / "mine" / "mine_train.jsonl").write_text(
+        json.dumps({"image": "a.png", "phrase": "the thing", "box": [2, 2, 10, 10]}) + "\n")
+    with pytest.raises(SystemExit, match="no sample of mine/train has a mask"):
+        pairwise_threshold.main(["--", "--dataset", "mine", "--data_root", str(tmp_path / "images"),
+                                 "--split_root", str(tmp_path / "split")])

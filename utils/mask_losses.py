@@ -98,6 +98,23 @@ def pairwise_loss(logits, similarity, box_mask, valid, dilation, threshold):
     return (loss * weight).sum() / weight.sum().clamp(min=1.0)
 
 
+def pair_counts(similarity, box_mask, valid, true_mask, dilation, thresholds):
+    """What the pairwise term counts, by the true labels of each pair's two cells (for choosing its colour threshold
+    on data with masks). similarity [B, 8, h, w]; box_mask, valid, true_mask [B, h, w] -> {kind: (candidate pairs,
+    [those counted at each threshold])} for kind "object" (both cells on the object), "background" (both off it) and
+    "across" (one of each: the pairs that should never count). Candidates: centre in the box, both cells on the
+    image, as in pairwise_loss."""
+    valid = valid.float()[:, None]
+    true_mask = true_mask.float()[:, None]
+    candidate = box_mask.float()[:, None] * valid * neighbours(valid, dilation)[:, 0]  # [B, 8, h, w]
+    other = neighbours(true_mask, dilation)[:, 0]
+    kinds = {"object": true_mask * other, "background": (1 - true_mask) * (1 - other),
+             "across": true_mask * (1 - other) + (1 - true_mask) * other}
+    return {kind: ((labels * candidate).sum().item(),
+                   [((similarity >= t).float() * labels * candidate).sum().item() for t in thresholds])
+            for kind, labels in kinds.items()}
+
+
 def map_dice(logits, target, valid):
     """Dice of the map against a target on the image's cells, per sample: the filled box (SegVG's target, the
     box-fill term) or the true mask. logits, target, valid [B, h, w] -> [B]."""
@@ -111,8 +128,8 @@ class FineMaskLoss(torch.nn.Module):
     "loss_mask_focal" and "loss_mask_dice" from true masks for the samples that have one (supervision "mask"; the
     others keep the box terms)."""
 
-    def __init__(self, stride, supervision="box", weight_projection=1.0, weight_pairwise=1.0, weight_box_fill=2.0,
-                 dilation=2, color_threshold=0.3, warmup=0.1, weight_focal=1.0, weight_dice=1.0, loss_stride=None):
+    def __init__(self, stride, supervision="box", weight_projection=1.0, weight_pairwise=1.0, weight_box_fill=1.0,
+                 dilation=2, color_threshold=0.1, warmup=0.1, weight_focal=1.0, weight_dice=1.0, loss_stride=None):
         """stride: the head's; loss_stride: where the terms are computed (default: the head's), finer ones on the
         head's map upsampled bilinearly."""
         super().__init__()

@@ -207,14 +207,15 @@ def _add_loss_flags(parser):
                            "(BoxInst: 1)")
     fine.add_argument("--pairwise_loss_coef", default=1.0, type=float,
                       help="weight of the pairwise colour-affinity term (BoxInst: 1)")
-    fine.add_argument("--box_fill_loss_coef", default=2.0, type=float,
+    fine.add_argument("--box_fill_loss_coef", default=1.0, type=float,
                       help="weight of the dice against the filled box (SegVG's target), which keeps the object's "
                            "interior that the projection and pairwise terms leave free (at 0.3 the demo's head drew "
                            "outlines only; docs/model.md)")
     fine.add_argument("--pairwise_dilation", default=2, type=int,
                       help="the pairwise term's neighbours: the 8 at this distance in map cells (BoxInst: 2)")
-    fine.add_argument("--pairwise_color_threshold", default=0.3, type=float,
-                      help="pairs count when their LAB similarity exp(-|diff| / 2) is at least this (BoxInst: 0.3)")
+    fine.add_argument("--pairwise_color_threshold", default=0.1, type=float,
+                      help="pairs count when their LAB similarity exp(-|diff| / 2) is at least this (BoxInst: 0.3, on "
+                           "colours averaged over 4x4 pixels; docs/model.md)")
     fine.add_argument("--pairwise_warmup", default=0.1, type=float,
                       help="fraction of the run over which the pairwise weight rises linearly from 0 (BoxInst: "
                            "10k of 90k iterations)")
