@@ -12,7 +12,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,18 +25,17 @@ CHUNK = 64  # samples per similarity computation
 
 
 def count_pairs(dataset, samples, stride, dilation, thresholds):
-    """Summed pair_counts over the first `samples` samples of `dataset` that have a mask."""
+    """pair_counts summed over the first `samples` samples of `dataset` that have a mask ({} when none has)."""
     totals = {}
-    for start in tqdm(range(0, min(samples, len(dataset)), CHUNK), desc="pairs", unit="chunk"):
-        batch = collate_fn([dataset[i] for i in range(start, min(start + CHUNK, samples, len(dataset)))])
+    for start in tqdm(range(0, samples, CHUNK), desc="pairs", unit="chunk"):
+        batch = collate_fn([dataset[i] for i in range(start, min(start + CHUNK, samples))])
         keep = batch["has_mask"]
         if not keep.any():
             continue
-        img, size = batch["img"][keep], batch["img"].shape[-1]
-        at_stride = lambda region: region_at_stride(region, stride)  # noqa: E731
-        counts = pair_counts(color_similarity(img, stride, dilation), at_stride(batch["pos_region"][keep]),
-                             at_stride(image_region(batch["image_rect"][keep], size)),
-                             at_stride(batch["gt_mask"][keep]), dilation, thresholds)
+        regions = [region_at_stride(region, stride) for region in (
+            batch["pos_region"][keep], image_region(batch["image_rect"][keep], batch["img"].shape[-1]),
+            batch["gt_mask"][keep])]
+        counts = pair_counts(color_similarity(batch["img"][keep], stride, dilation), *regions, dilation, thresholds)
         for kind, (pairs, counted) in counts.items():
             old_pairs, old_counted = totals.get(kind, (0.0, [0.0] * len(thresholds)))
             totals[kind] = (old_pairs + pairs, [a + b for a, b in zip(old_counted, counted)])
@@ -64,12 +62,12 @@ def main(argv=None):
         dataset = build_dataset("train", args)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
-    stride, dilation = mask_loss_stride(args), args.pairwise_dilation
-    totals = count_pairs(dataset, opts.samples, stride, dilation, opts.thresholds)
+    stride, dilation, samples = mask_loss_stride(args), args.pairwise_dilation, min(opts.samples, len(dataset))
+    totals = count_pairs(dataset, samples, stride, dilation, opts.thresholds)
     if not totals:
-        sys.exit(f"error: none of the first {opts.samples} samples of {args.dataset}/train has a mask")
+        sys.exit(f"error: none of the first {samples} samples of {args.dataset}/train has a mask")
     candidates = sum(pairs for pairs, _ in totals.values())
-    print(f"{args.dataset}/train, first {min(opts.samples, len(dataset))} samples, loss stride {stride}, dilation "
+    print(f"{args.dataset}/train, first {samples} samples, loss stride {stride}, dilation "
           f"{dilation}: {candidates:.0f} candidate pairs (centre in the box, both cells on the image)")
     print(f"{'pairs':<12}{'share':>7}   counted at threshold " + "".join(f"{t:>7g}" for t in opts.thresholds))
     for kind, (pairs, counted) in totals.items():

@@ -93,20 +93,24 @@ def pairwise_loss(logits, similarity, box_mask, valid, dilation, threshold):
     same_fg = log_fg + neighbours(log_fg, dilation)[:, 0]  # [B, 8, h, w]
     same_bg = log_bg + neighbours(log_bg, dilation)[:, 0]
     loss = -torch.logaddexp(same_fg, same_bg)
-    valid = valid.to(logits.dtype)[:, None]
-    weight = (similarity >= threshold).to(logits.dtype) * box_mask[:, None] * valid * neighbours(valid, dilation)[:, 0]
+    weight = (similarity >= threshold).to(logits.dtype) * candidate_pairs(box_mask, valid, dilation, logits.dtype)
     return (loss * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def candidate_pairs(box_mask, valid, dilation, dtype=torch.float32):
+    """The pairs the pairwise term may count: centre in the box, both cells on the image. box_mask, valid [B, h, w]
+    -> 0/1 [B, 8, h, w]."""
+    valid = valid.to(dtype)[:, None]
+    return box_mask.to(dtype)[:, None] * valid * neighbours(valid, dilation)[:, 0]
 
 
 def pair_counts(similarity, box_mask, valid, true_mask, dilation, thresholds):
     """What the pairwise term counts, by the true labels of each pair's two cells (for choosing its colour threshold
     on data with masks). similarity [B, 8, h, w]; box_mask, valid, true_mask [B, h, w] -> {kind: (candidate pairs,
     [those counted at each threshold])} for kind "object" (both cells on the object), "background" (both off it) and
-    "across" (one of each: the pairs that should never count). Candidates: centre in the box, both cells on the
-    image, as in pairwise_loss."""
-    valid = valid.float()[:, None]
+    "across" (one of each: the pairs that should never count), among candidate_pairs."""
+    candidate = candidate_pairs(box_mask, valid, dilation)
     true_mask = true_mask.float()[:, None]
-    candidate = box_mask.float()[:, None] * valid * neighbours(valid, dilation)[:, 0]  # [B, 8, h, w]
     other = neighbours(true_mask, dilation)[:, 0]
     kinds = {"object": true_mask * other, "background": (1 - true_mask) * (1 - other),
              "across": true_mask * (1 - other) + (1 - true_mask) * other}
