@@ -243,7 +243,7 @@ def train(args, stop, explicit=()):
 
     print("Start training")
     start_time = time.time()
-    status = "done"
+    status, ended = "done", ""
     for epoch in range(start_epoch, args.epochs):
         for param in backbone:
             param.requires_grad_(epoch >= args.freeze_epochs)
@@ -263,12 +263,14 @@ def train(args, stop, explicit=()):
         val_stats = summarize_results(evaluate(model_without_ddp, loader_val, device, args.amp, desc="Val"),
                                       loader_val.dataset)
         print(f"epoch {epoch} validation: {format_stats(val_stats)}")
+        if status == "budget" or epoch + 1 == args.epochs:
+            ended = end_of_training(args, status, progress)
         score = selection_score(val_stats, args.best_on)
         improved = score > progress["best_accu"]
         progress["best_accu"] = max(progress["best_accu"], score)
         log = {"epoch": epoch, "step": progress["step"], **{f"train_{k}": v for k, v in train_stats.items()},
                **{f"validation_{k}": v for k, v in val_stats.items()}, "n_parameters": n_parameters,
-               "train_seconds": progress["train_seconds"]}
+               "train_seconds": progress["train_seconds"], **({"end": ended} if ended else {})}
         run.save_epoch(progress, log, val_stats, improved)
         if writer is not None:
             writer.add_scalar("eval_acc", val_stats["accu"], epoch)
@@ -285,7 +287,22 @@ def train(args, stop, explicit=()):
         picked_by = f" ({args.best_on}'s val split)" if args.best_on else " (the mean over the datasets' val splits)"
     print(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}; "
           f"best validation Acc@0.5 {progress['best_accu']:.4f}{picked_by}")
+    if ended:
+        print(f"Training ended: {ended}")
     return status
+
+
+def end_of_training(args, status, progress):
+    """How the run ended, in words: step-bound (--max_steps reached), stopped by the --minutes cap (with the steps
+    done), or all --epochs trained."""
+    steps, minutes = progress["step"], progress["train_seconds"] / 60
+    if status == "budget" and args.max_steps > 0 and steps >= args.max_steps:
+        return f"step-bound, {steps} of {args.max_steps} steps in {minutes:.1f} minutes of training"
+    if status == "budget":
+        of = f" of {args.max_steps}" if args.max_steps > 0 else ""
+        return (f"stopped by the {args.minutes:g}-minute cap (--minutes) after {steps}{of} steps; the lr schedule "
+                f"followed the time, so the run is shorter than a step-bound one")
+    return f"all {args.epochs} epochs, {steps} steps in {minutes:.1f} minutes of training"
 
 
 if __name__ == "__main__":

@@ -33,14 +33,19 @@ STRIDE_LAYER = {2: "relu", 4: "layer1", 8: "layer2", 16: "layer3", 32: "layer4"}
 
 
 class Backbone(nn.Module):
-    def __init__(self, name, norm="frozen", train_backbone=True, train_stem=False, stride=32, feature_strides=()):
-        """feature_strides: the finer strides (2, 4, ... below `stride`) whose maps forward also returns."""
+    def __init__(self, name, norm="frozen", train_backbone=True, train_stem=False, stride=32, feature_strides=(),
+                 zero_init_residual=False):
+        """feature_strides: the finer strides (2, 4, ... below `stride`) whose maps forward also returns;
+        zero_init_residual: torchvision's, each block's last norm scale zero (BatchNorm only)."""
         super().__init__()
         if norm not in NORM_LAYERS:
             raise ValueError(f"unknown backbone norm {norm!r}; choose from {sorted(NORM_LAYERS)}")
         if stride not in LAST_LAYER:
             raise ValueError(f"unsupported backbone stride {stride}; choose from {sorted(LAST_LAYER)}")
-        resnet = getattr(torchvision.models, name)(weights=None, norm_layer=NORM_LAYERS[norm])
+        if zero_init_residual and norm != "batch":
+            raise ValueError("--zero_init_residual needs a trainable BatchNorm (--backbone_norm batch)")
+        resnet = getattr(torchvision.models, name)(weights=None, norm_layer=NORM_LAYERS[norm],
+                                                   zero_init_residual=zero_init_residual)
         for param_name, param in resnet.named_parameters():
             # The stem and layer1 stay frozen as in DETR unless training from scratch.
             in_stem = not param_name.startswith(("layer2", "layer3", "layer4"))
@@ -93,4 +98,5 @@ class Backbone(nn.Module):
 
 def build_backbone(args, feature_strides=()):
     return Backbone(args.backbone, args.backbone_norm, train_backbone=args.lr_visu_cnn > 0,
-                    train_stem=args.train_stem, stride=args.backbone_stride, feature_strides=feature_strides)
+                    train_stem=args.train_stem, stride=args.backbone_stride, feature_strides=feature_strides,
+                    zero_init_residual=args.zero_init_residual)

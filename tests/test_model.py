@@ -109,6 +109,25 @@ def test_stem_and_layer1_frozen_unless_requested():
     assert not any(p.requires_grad for p in model.text.bert.pooler.parameters())
 
 
+def test_zero_init_residual_starts_every_block_as_the_identity():
+    flags = ("--train_stem", "--backbone_norm", "batch", "--backbone", "resnet34", "--backbone_stride", "8")
+    torch.manual_seed(0)
+    plain = build_model(tiny_args(*flags)).visual.backbone
+    torch.manual_seed(0)
+    zero = build_model(tiny_args(*flags, "--zero_init_residual")).visual.backbone
+    blocks = [block for name in ("layer1", "layer2") for block in zero.body[name]]
+    assert len(blocks) == 7 and all(not block.bn2.weight.any() for block in blocks)
+    assert all(block.bn2.weight.all() for name in ("layer1", "layer2") for block in plain.body[name])
+    # The random numbers drawn are the same: only the zeroed scales differ.
+    different = [n for n, p in plain.state_dict().items() if not torch.equal(p, zero.state_dict()[n])]
+    assert different and all(n.endswith("bn2.weight") for n in different)
+    # In training mode a block without a downsample returns relu(x + 0) = x for non-negative inputs.
+    x = torch.rand(2, 64, 8, 8)
+    torch.testing.assert_close(zero.body["layer1"][0](x), x)
+    with pytest.raises(ValueError, match="--backbone_norm batch"):
+        build_model(tiny_args("--zero_init_residual"))
+
+
 def test_parameter_groups_cover_every_trainable_parameter(model):
     groups = model.parameter_groups()
     grouped = [p for params in groups.values() for p in params]

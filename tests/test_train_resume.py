@@ -1,6 +1,7 @@
 """train.main end to end on a tiny demo split: a run stopped by a non-finite loss keeps its last checkpoint, and
 resuming from it reproduces the uninterrupted run bit for bit (weights, optimizer, RNG streams, schedule)."""
 import json
+import re
 
 import pytest
 import torch
@@ -105,3 +106,22 @@ def test_max_steps_ends_the_run_mid_epoch_and_a_rerun_has_nothing_left(demo_root
     again = run(demo_root, tmp_path / "out", "--max_steps", str(STEPS_PER_EPOCH + 2), "--auto_resume")
     assert again["step"] == STEPS_PER_EPOCH + 2
     assert "nothing left to train" in capsys.readouterr().out
+
+
+def test_the_last_lines_say_whether_the_run_was_step_bound_or_capped(demo_root, tmp_path, capsys):
+    from tools import plot_log
+    run(demo_root, tmp_path / "steps", "--max_steps", "3", "--minutes", "60")
+    assert "Training ended: step-bound, 3 of 3 steps in " in capsys.readouterr().out
+    plot_log.main([str(tmp_path / "steps" / "log.txt")])
+    assert capsys.readouterr().out.splitlines()[-1].startswith("training: step-bound, 3 of 3 steps in ")
+
+    # A cap of 0.06 s of training: spent after a step or two, long before the 6 steps.
+    run(demo_root, tmp_path / "capped", "--max_steps", "6", "--minutes", "0.001")
+    out = capsys.readouterr().out
+    done = re.search(r"Training ended: stopped by the 0.001-minute cap \(--minutes\) after (\d) of 6 steps", out)
+    assert done and int(done[1]) < 6, out
+    assert json.loads((tmp_path / "capped" / "log.txt").read_text().splitlines()[-1])["end"].startswith(
+        "stopped by the 0.001-minute cap")
+
+    run(demo_root, tmp_path / "epochs", "--epochs", "1")
+    assert f"Training ended: all 1 epochs, {STEPS_PER_EPOCH} steps in " in capsys.readouterr().out

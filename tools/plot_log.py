@@ -1,5 +1,6 @@
 """Training curves from a run's log.txt (one JSON line per epoch) to a PNG, with the --eval_every validation
-curve (val_curve.txt beside the log) against training time when there is one.
+curve (val_curve.txt beside the log) against training time when there is one; then how the training ended
+(step-bound or stopped by the time cap), when the log says.
 
     python tools/plot_log.py outputs/demo/log.txt [--out curves.png]
 """
@@ -84,6 +85,9 @@ def main(argv=None):
         raise SystemExit(f"log file not found: {opts.log} (train.py writes <output_dir>/log.txt)")
     out = opts.out or str(Path(opts.log).with_name("curves.png"))
     print(f"wrote {plot_log(opts.log, out)}")
+    end = read_log(opts.log)[-1].get("end")
+    if end:  # the demo's last lines say how its training ended
+        print(f"training: {end}")
 
 
 if __name__ == "__main__":

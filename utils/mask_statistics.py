@@ -1,8 +1,8 @@
 """Per-mask sums of the upsampled segmentation logits, without keeping anything at full resolution.
 
 The SegVG loss needs only three sums per mask of the canvas-size probabilities p = sigmoid(upsample(z)) and the
-box mask t: sum(p), sum(p * t) and the focal sum. ``mask_statistics`` computes them chunk by chunk (a few masks
-at a time, so the work stays in cache) and, when a gradient is needed, the exact Jacobian of each sum with
+box mask t: sum(p), sum(p * t) and the focal sum. ``mask_statistics`` computes them chunk by chunk (a few masks,
+or on small canvases a few samples' masks, at a time, so the work stays in cache) and, when a gradient is needed, the exact Jacobian of each sum with
 respect to the low-resolution logits z (3 x g x g numbers per mask) in the same pass. Backward is then a
 weighted sum of those Jacobians: no full-resolution tensor is saved and nothing is recomputed.
 
@@ -46,26 +46,32 @@ class MaskStatistics(torch.autograd.Function):
         need_grad = ctx.needs_input_grad[0]
         stats = logits.new_empty(batch, masks, 3)
         jacobians = logits.new_empty(batch, masks, 3, grid_h, grid_w) if need_grad else None
-        chunk = max(1, CHUNK_PIXELS // (height * width))
-        for b in range(batch):
-            positive = target[b] != 0  # [H, W]
+        # Whole samples per chunk where their masks fit (small canvases: one chunk for the batch, not a loop of
+        # tiny ops per sample), else a few masks of one sample at a time.
+        samples = max(1, CHUNK_PIXELS // (masks * height * width))
+        chunk = masks if samples > 1 else max(1, CHUNK_PIXELS // (height * width))
+        for b in range(0, batch, samples):
+            rows = slice(b, b + samples)
+            positive = target[rows, None] != 0  # [s, 1, H, W]
             t = positive.to(dtype)
             alpha_t = alpha * t + (1 - alpha) * (1 - t)
             alpha_sign = alpha_t * (2 * t - 1)  # alpha_t * d p_t / d p
             for start in range(0, masks, chunk):
+                cols = slice(start, start + chunk)
+                part = logits[rows, cols]  # [s, c, g, g]
                 # F.interpolate, not a_h @ z @ a_w.T: the same rounding as the direct formulation, which matters
                 # where p rounds to 0 or 1 and the cross-entropy's log jumps to its clamp.
-                z = F.interpolate(logits[b, start:start + chunk, None], size=(height, width), mode="bilinear",
-                                  align_corners=False)[:, 0]  # [c, H, W]
+                z = F.interpolate(part.flatten(0, 1)[:, None], size=(height, width), mode="bilinear",
+                                  align_corners=False).view(*part.shape[:2], height, width)  # [s, c, H, W]
                 p = z.sigmoid_()
                 one_minus_p = 1 - p
-                stats[b, start:start + chunk, 0] = p.sum((1, 2))
-                stats[b, start:start + chunk, 1] = (p * t).sum((1, 2))
+                stats[rows, cols, 0] = p.sum((2, 3))
+                stats[rows, cols, 1] = (p * t).sum((2, 3))
                 # As binary_cross_entropy: log(p) for positives, log1p(-p) for negatives, floored at -100.
                 log_p_t = torch.where(positive, p.log(), torch.log1p(-p)).clamp_(min=BCE_LOG_FLOOR)
                 q = 1 - torch.where(positive, p, one_minus_p)  # 1 - p_t, rounded as the direct formulation does
                 q_sq = q * q  # focal = -alpha_t (1 - p_t)^2 log(p_t)
-                stats[b, start:start + chunk, 2] = -(q_sq * log_p_t * alpha_t).sum((1, 2))
+                stats[rows, cols, 2] = -(q_sq * log_p_t * alpha_t).sum((2, 3))
                 if not need_grad:
                     continue
                 slope = one_minus_p.mul_(p)  # sigmoid'(z) = (1 - p) p, as sigmoid's backward computes it
@@ -73,8 +79,8 @@ class MaskStatistics(torch.autograd.Function):
                 # < 1e-12, where the cross-entropy's backward floor scales its part by (1 - p) p / 1e-12.
                 floor_ratio = slope / slope.clamp(min=BCE_GRAD_EPS)
                 d_focal = (2 * log_p_t * slope).sub_(q_sq.mul_(floor_ratio)).mul_(q).mul_(alpha_sign)
-                maps = torch.stack([slope, slope * t, d_focal], dim=1)  # [c, 3, H, W]
-                jacobians[b, start:start + chunk] = a_h.T @ maps @ a_w
+                maps = torch.stack([slope, slope * t, d_focal], dim=2)  # [s, c, 3, H, W]
+                jacobians[rows, cols] = a_h.T @ maps @ a_w
         if need_grad:
             ctx.save_for_backward(jacobians)
         return stats

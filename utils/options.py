@@ -91,6 +91,9 @@ def _add_model_flags(parser):
                              "from scratch)")
     visual.add_argument("--train_stem", action="store_true",
                         help="also train the ResNet stem and layer1 (frozen in the original)")
+    visual.add_argument("--zero_init_residual", action="store_true",
+                        help="start each residual block's last BatchNorm scale at zero, so that every block starts as "
+                             "the identity (Goyal et al. 2017; for a ResNet trained from scratch; docs/demo.md)")
     visual.add_argument("--position_embedding", default="sine", choices=["sine", "learned"],
                         help="position encoding of the visual tokens")
     visual.add_argument("--enc_layers", default=6, type=int,
