@@ -2,7 +2,7 @@
 # Train SegVG, then evaluate the best checkpoint.
 #
 #   bash train.sh                      the built-in demo: generates the synthetic "easy" dataset if missing, trains a
-#                                      small SegVG from scratch (tools/demo_flags.txt) for 1,400 steps or DEMO_MINUTES
+#                                      small SegVG from scratch (tools/demo_flags.txt) for 1,100 steps or DEMO_MINUTES
 #                                      (default 9) of training, whichever runs out first, evaluates it on the demo test
 #                                      split (Acc@0.5 overall and per expression type), writes overlays and curves.
 #   DATASET=unc DETR_MODEL=checkpoints/detr-r101-unc.pth NPROC=8 bash train.sh

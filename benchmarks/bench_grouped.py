@@ -24,7 +24,7 @@ from benchmarks.checkpoints import ROOT, write_checkpoint
 
 SMALL = ["--backbone", "resnet18", "--imsize", "256", "--bert_layers", "4", "--enc_layers", "2",
          "--vl_enc_layers", "2", "--vl_dec_layers", "2", "--max_query_len", "20"]
-DEMO_MODEL_LINES = slice(2, 6)  # tools/demo_flags.txt's lines of model flags (the first names the dataset)
+DEMO_MODEL_LINES = slice(2, 7)  # tools/demo_flags.txt's lines of model flags (the first names the dataset)
 PHRASES = ["the man on the left in a red shirt", "woman in white", "the dog lying on the sofa", "car far right",
            "the smaller of the two bowls", "guy with glasses", "the plate nearest to us", "bottom left corner chair",
            "the blue umbrella", "lady holding a cup"]

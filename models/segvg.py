@@ -61,6 +61,7 @@ class SegVG(nn.Module):
         self.seg_head = SegmentationHead(2 * hidden_dim, hidden_dim, 1, 3)
         self.mask_head = None  # set by build_segvg (--mask_head fine); None: the grid head's map is the mask
         self.mask_head_detached = False  # set by build_segvg (--mask_head_gradient head)
+        self.mask_head_samples = 0  # set by build_segvg (--mask_head_samples; 0: all)
         self.checkpoint_activations = False
 
     def set_activation_checkpointing(self, enabled):
@@ -79,7 +80,8 @@ class SegVG(nn.Module):
 
         Returns ``pred_boxes`` [B, 4] (sigmoid cx, cy, w, h on the canvas, last decoder layer),
         ``aux_boxes`` [layers, B, 4], ``seg_logits`` (the model's mask, last layer, first segmentation query:
-        [B, g, g] from the grid head, [B, S/mask_stride, S/mask_stride] from the fine head) and, when ``aux``
+        [B, g, g] from the grid head, [B, S/mask_stride, S/mask_stride] from the fine head, in training with
+        --mask_head_samples N of the first N samples only) and, when ``aux``
         (default: in training), ``aux_seg_logits`` [layers, seg queries, B, g, g] (the grid head's).
         """
         aux = self.training if aux is None else aux
@@ -113,6 +115,9 @@ class SegVG(nn.Module):
         seg_logits = self.seg_head(hs[-1, :, 1:2], pixels)[:, 0].unflatten(-1, grid)  # [B, g, g]
         if self.mask_head is not None:
             inputs = (hs[-1, :, 1], pixels, seg_logits, {**finer, 1: img})
+            if self.training and 0 < self.mask_head_samples < batch:  # the head trains on the batch's first samples
+                inputs = (*(t[:self.mask_head_samples] for t in inputs[:3]),
+                          {s: f[:self.mask_head_samples] for s, f in inputs[3].items()})
             if self.mask_head_detached:  # its terms train the head alone
                 inputs = (*(t.detach() for t in inputs[:3]), {s: f.detach() for s, f in inputs[3].items()})
             seg_logits = self.mask_head(*inputs, image_index=image_index)
@@ -155,5 +160,6 @@ def build_segvg(args):
         torch.default_generator.manual_seed(torch.initial_seed() + 1)
         model.mask_head = build_mask_head(args, visual.backbone.feature_channels)
     model.mask_head_detached = args.mask_head_gradient == "head"
+    model.mask_head_samples = args.mask_head_samples
     model.set_activation_checkpointing(args.checkpoint_activations)
     return model

@@ -118,6 +118,30 @@ def test_a_detached_head_leaves_the_rest_training_as_the_grid_head():
     assert set(grid) < set(fine)
     for name, value in grid.items():
         assert torch.equal(fine[name], value), name
+    # --mask_head_samples: the head trains on the first samples only, the rest still as the grid head's.
+    half = trained(*FINE, "--mask_head_samples", "2")
+    for name, value in grid.items():
+        assert torch.equal(half[name], value), name
+    head = [name for name in fine if name.startswith("mask_head.")]
+    assert any(not torch.equal(half[name], fine[name]) for name in head)
+
+
+def test_the_head_on_the_first_samples_is_the_head_on_those_samples_alone():
+    """--mask_head_samples N: its map and terms are those of a batch holding the first N samples only."""
+    args = tiny_train_args(*FINE, "--mask_head_samples", "2")
+    torch.manual_seed(0)
+    model, criterion = without_dropout(build_model(args)), build_criterion(args)
+    batch = synthetic_batch(args, 4)
+    outputs = model(*model_inputs(batch))
+    assert outputs["seg_logits"].shape[0] == 2 and outputs["pred_boxes"].shape[0] == 4
+    losses = criterion(outputs, batch["target"], batch["pos_region"], batch)
+    model.mask_head_samples = 0
+    first = {k: v[:2] for k, v in batch.items()}
+    alone = criterion(model(*model_inputs(first)), first["target"], first["pos_region"], first)
+    for name in ("loss_projection", "loss_box_fill", "loss_pairwise"):
+        torch.testing.assert_close(losses[name], alone[name])
+    model.eval()
+    assert model(*model_inputs(batch))["seg_logits"].shape[0] == 4  # evaluation: every sample
 
 
 def test_seg_loss_off_turns_the_fine_terms_off_too():

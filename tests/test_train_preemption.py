@@ -59,10 +59,16 @@ def assert_same_run(a, b):
         assert all(torch.equal(x[k], y[k]) for k in x)
 
 
+# What the demo trains with besides: zero-initialised residual blocks, trainable BatchNorm, the fine head on part of
+# each batch.
+DEMO_TRAINING = ["--backbone_norm", "batch", "--train_stem", "--zero_init_residual", "--mask_head", "fine",
+                 "--mask_head_samples", "4"]
+
+
 @pytest.mark.slow
 def test_killed_at_a_random_step_then_resumed_matches_the_uninterrupted_run(demo_root, tmp_path):
     env = environment()
-    subprocess.run(train_command(demo_root, tmp_path / "straight"), cwd=ROOT, env=env, check=True,
+    subprocess.run(train_command(demo_root, tmp_path / "straight", *DEMO_TRAINING), cwd=ROOT, env=env, check=True,
                    capture_output=True)
     straight = safe_load(tmp_path / "straight" / "checkpoint_latest.pth")
 
@@ -71,13 +77,14 @@ def test_killed_at_a_random_step_then_resumed_matches_the_uninterrupted_run(demo
     # Killed twice, each time as soon as a random epoch's first step is saved: the kill lands a step or two later,
     # anywhere in the steps, saves and validation that follow, usually before the epoch ends.
     for epoch in sorted(random.sample(range(EPOCHS), 2)):
-        proc = subprocess.Popen(train_command(demo_root, output_dir), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(train_command(demo_root, output_dir, *DEMO_TRAINING), cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_step(proc, output_dir, epoch * STEPS_PER_EPOCH + 1)
         proc.kill()
         proc.wait()
         mid_epoch.append(not safe_load(output_dir / "checkpoint_latest.pth")["epoch_done"])
-    resumed = subprocess.run(train_command(demo_root, output_dir), cwd=ROOT, env=env, capture_output=True, text=True)
+    resumed = subprocess.run(train_command(demo_root, output_dir, *DEMO_TRAINING), cwd=ROOT, env=env,
+                             capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout, mid_epoch
     assert_same_run(straight, safe_load(output_dir / "checkpoint_latest.pth"))

@@ -88,8 +88,10 @@ class SegVGLoss(nn.Module):
             losses = self._losses(outputs["aux_boxes"].float(), outputs["aux_seg_logits"].float(), target.float(),
                                   pos_region)
             if self.fine is not None and self.seg_loss:
-                fine = self.fine(outputs["seg_logits"].float(), pos_region, batch["img"].float(), batch["image_rect"],
-                                 batch.get("gt_mask"), batch.get("has_mask"), fraction)
+                n = outputs["seg_logits"].shape[0]  # the samples the head ran on (--mask_head_samples)
+                gt_mask, has_mask = (batch[k][:n] if k in batch else None for k in ("gt_mask", "has_mask"))
+                fine = self.fine(outputs["seg_logits"].float(), pos_region[:n], batch["img"][:n].float(),
+                                 batch["image_rect"][:n], gt_mask, has_mask, fraction)
                 losses.update(fine)
                 losses["loss"] = losses["loss"] + sum(fine.values())
             return losses

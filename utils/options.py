@@ -202,6 +202,10 @@ def _add_loss_flags(parser):
                       help="where the fine head's terms train: shared = the head and the network under it (backbone, "
                            "encoders, queries); head = the head alone, on detached inputs, so the rest of the model "
                            "trains as with the grid head (docs/model.md)")
+    fine.add_argument("--mask_head_samples", default=0, type=int,
+                      help="train the fine head on the first N samples of each batch only (0: all): its forward, "
+                           "terms and backward cost N / batch of theirs, and with --mask_head_gradient head the rest "
+                           "of the model trains exactly as with all (docs/model.md)")
     fine.add_argument("--mask_loss_stride", default=0, type=int, choices=[0, 1, 2, 4, 8, 16],
                       help="stride on the canvas at which the fine head's terms are computed, on its map upsampled "
                            "bilinearly (0: half the head's --mask_stride, at least 1; docs/model.md)")
