@@ -73,6 +73,10 @@ def main():
     device = torch.device("cpu")
     model.train()
 
+    needed = opts.warmup + opts.steps + 5  # the profiler's 5 steps too
+    if needed > len(loader_train):
+        raise SystemExit(f"--warmup + --steps + 5 = {needed} steps, more than one epoch of the training split "
+                         f"({len(loader_train)} batches)")
     phases = defaultdict(list)
     modules = defaultdict(float)
     batches = iter(loader_train)

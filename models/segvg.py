@@ -114,13 +114,17 @@ class SegVG(nn.Module):
         grid = (self.grid_size, self.grid_size)
         seg_logits = self.seg_head(hs[-1, :, 1:2], pixels)[:, 0].unflatten(-1, grid)  # [B, g, g]
         if self.mask_head is not None:
-            inputs = (hs[-1, :, 1], pixels, seg_logits, {**finer, 1: img})
-            if self.training and 0 < self.mask_head_samples < batch:  # the head trains on the batch's first samples
-                inputs = (*(t[:self.mask_head_samples] for t in inputs[:3]),
-                          {s: f[:self.mask_head_samples] for s, f in inputs[3].items()})
-            if self.mask_head_detached:  # its terms train the head alone
-                inputs = (*(t.detach() for t in inputs[:3]), {s: f.detach() for s, f in inputs[3].items()})
-            seg_logits = self.mask_head(*inputs, image_index=image_index)
+            # In training with --mask_head_samples the head runs on the batch's first samples only; detached, its
+            # terms train the head alone.
+            subset = self.training and 0 < self.mask_head_samples < batch
+
+            def take(t):
+                t = t[:self.mask_head_samples] if subset else t
+                return t.detach() if self.mask_head_detached else t
+
+            features = {s: take(f) for s, f in {**finer, 1: img}.items()}
+            seg_logits = self.mask_head(take(hs[-1, :, 1]), take(pixels), take(seg_logits), features,
+                                        image_index=image_index)
         out = {"pred_boxes": boxes[-1], "aux_boxes": boxes, "seg_logits": seg_logits}
         if aux:
             seg = self.seg_head(hs[:, :, 1:], pixels)  # [layers, B, seg queries, V]

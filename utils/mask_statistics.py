@@ -2,9 +2,10 @@
 
 The SegVG loss needs only three sums per mask of the canvas-size probabilities p = sigmoid(upsample(z)) and the
 box mask t: sum(p), sum(p * t) and the focal sum. ``mask_statistics`` computes them chunk by chunk (a few masks,
-or on small canvases a few samples' masks, at a time, so the work stays in cache) and, when a gradient is needed, the exact Jacobian of each sum with
-respect to the low-resolution logits z (3 x g x g numbers per mask) in the same pass. Backward is then a
-weighted sum of those Jacobians: no full-resolution tensor is saved and nothing is recomputed.
+or on small canvases a few samples' masks, at a time, so the work stays in cache) and, when a gradient is needed,
+the exact Jacobian of each sum with respect to the low-resolution logits z (3 x g x g numbers per mask) in the same
+pass. Backward is then a weighted sum of those Jacobians: no full-resolution tensor is saved and nothing is
+recomputed.
 
 Every formula repeats what autograd does for the direct formulation in ``utils.losses`` (binary cross-entropy
 on probabilities with its log clamp at -100 and its 1e-12 floor in the backward), so values and gradients
