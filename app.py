@@ -11,9 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from datasets.files import FileWriteError
-from utils.checkpoint import CheckpointError
-from utils.options import add_backend_flags, add_mask_refine_flag, add_tokenizer_flags
+from evaluation.mask_refine import add_mask_refine_flag
+from models.checkpoint import CheckpointError
+from utils.files import FileWriteError
+from utils.options import add_backend_flags, add_tokenizer_flags
 
 DEMO_CHECKPOINT = "outputs/demo/best_checkpoint.pth"
 MAX_FILE_SIZE = "50mb"

@@ -19,21 +19,21 @@ from pathlib import Path
 import torch
 
 from datasets import build_dataset, build_eval_loader
-from datasets.files import FileWriteError, atomic_write
 from datasets.mixed import dataset_names
 from datasets.records import write_jsonl
 from engine import evaluate, format_stats, summarize_results
+from evaluation.mask_metrics import MaskScorer
+from evaluation.mask_refine import add_mask_refine_flag
+from evaluation.overlays import write_dataset_overlays
+from evaluation.predictions import evaluation_records, worst_and_best
+from evaluation.segmentation_map import MASK_THRESHOLD
 from inference.fast_path import prepare_for_inference
-from utils.checkpoint import CheckpointError, load_from_checkpoint
 from inference.onnx_runtime import OnnxRuntimeModel
+from models.checkpoint import CheckpointError, load_from_checkpoint
 from utils.distributed import destroy_process_group, init_distributed_mode, is_main_process
-from utils.eval_utils import MASK_THRESHOLD
-from utils.mask_metrics import MaskScorer
-from utils.options import (AMP_CHOICES, add_backend_flags, add_mask_refine_flag, add_process_group_flags,
-                           add_tokenizer_flags)
-from utils.predictions import evaluation_records, worst_and_best
+from utils.files import FileWriteError, atomic_write
+from utils.options import AMP_CHOICES, add_backend_flags, add_process_group_flags, add_tokenizer_flags
 from utils.runtime import compile_model, limit_opencv_threads, set_tf32
-from utils.visualize import write_dataset_overlays
 
 # Flags that override the checkpoint's configuration when given.
 DATA_FLAGS = ("data_root", "split_root", "bert_model", "vocab_file")

@@ -19,15 +19,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from datasets.files import FileWriteError
 from datasets.samplers import ImageBatchSampler
+from evaluation.mask_refine import add_mask_refine_flag
+from evaluation.predictions import read_pairs
+from evaluation.segmentation_map import MASK_THRESHOLD
 from inference import SegVGPredictor
 from inference.prediction_run import PredictionRun, predict_batches, save_prediction
-from utils.checkpoint import CheckpointError
+from models.checkpoint import CheckpointError
 from utils.distributed import destroy_process_group, init_distributed_mode, is_main_process
-from utils.eval_utils import MASK_THRESHOLD
-from utils.options import add_backend_flags, add_mask_refine_flag, add_process_group_flags, add_tokenizer_flags
-from utils.predictions import read_pairs
+from utils.files import FileWriteError
+from utils.options import add_backend_flags, add_process_group_flags, add_tokenizer_flags
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 

@@ -14,16 +14,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from datasets import build_loaders, build_subset_loader, build_tokenizer
-from datasets.files import FileWriteError, atomic_write
 from datasets.mixed import dataset_names
-from engine import (NonFiniteLossError, TrainState, evaluate, format_stats, selection_score, summarize_results,
-                    train_one_epoch)
-from models import build_model
-from utils.checkpoint import (CheckpointError, apply_pretrained_config, load_detr_weights, load_weights, safe_load,
-                              tokenizer_from_checkpoint)
+from engine import (LATEST, NonFiniteLossError, TrainingRun, TrainState, evaluate, format_stats, fresh_progress,
+                    selection_score, summarize_results, train_one_epoch)
+from models import build_criterion, build_model
+from models.checkpoint import (CheckpointError, apply_pretrained_config, load_detr_weights, load_weights, safe_load,
+                               tokenizer_from_checkpoint)
 from utils.distributed import (all_gather_object, collective_timeout, destroy_process_group, get_rank, get_world_size,
                                init_distributed_mode, is_main_process)
-from utils.losses import build_criterion
+from utils.files import FileWriteError, atomic_write
 from utils.lr_scheduler import budget_spent
 from utils.metric_logger import MetricLogger
 from utils.options import build_training_parser, explicit_flags
@@ -31,7 +30,6 @@ from utils.preemption import StopSignal
 from utils.rng import seed_everything, set_rng_state
 from utils.run_lock import OutputDirLock, RunLockError
 from utils.runtime import compile_model, limit_opencv_threads, set_tf32
-from utils.training_state import LATEST, TrainingRun, fresh_progress
 
 
 def get_args_parser():

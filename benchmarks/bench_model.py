@@ -72,7 +72,7 @@ def worker(opts):
 
     import train
     from models import build_model
-    from utils.losses import build_criterion
+    from models.criterion import build_criterion
 
     torch.manual_seed(0)
     device = torch.device(opts.device)

@@ -30,9 +30,9 @@ def worker(opts):
     import torch
 
     from inference.fast_path import prepare_for_inference
-    from utils.checkpoint import load_from_checkpoint
     from inference.onnx_export import example_inputs, parity_phrases
     from inference.onnx_runtime import OnnxRuntimeModel
+    from models.checkpoint import load_from_checkpoint
 
     model, tokenizer, args, _ = load_from_checkpoint(opts.checkpoint)
     phrases = parity_phrases(args)[1:]
@@ -62,8 +62,8 @@ def arithmetic_floor(checkpoint):
     from torch.utils.flop_counter import FlopCounterMode
 
     from inference.fast_path import prepare_for_inference
-    from utils.checkpoint import load_from_checkpoint
     from inference.onnx_export import example_inputs, parity_phrases
+    from models.checkpoint import load_from_checkpoint
 
     model, tokenizer, args, _ = load_from_checkpoint(checkpoint)
     model = prepare_for_inference(model)
@@ -104,10 +104,10 @@ def run_tool(command):
 def quantize_generated(opts, onnx_path, method):
     """The benchmark model's int8 version; static calibration on generated inputs (latency does not depend on them)."""
     from datasets import build_tokenizer
-    from utils.checkpoint import load_from_checkpoint
     from inference.onnx_export import example_inputs, parity_phrases
     from inference.onnx_quantize import quantize_dynamic_int8, quantize_static_int8
     from inference.onnx_runtime import INPUT_NAMES
+    from models.checkpoint import load_from_checkpoint
 
     out = onnx_path.with_suffix(f".{method}.onnx")
     if method == "dynamic":

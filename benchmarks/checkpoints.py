@@ -9,12 +9,11 @@ def write_checkpoint(path, model_flags):
     import torch
 
     from datasets import build_tokenizer
-    from datasets.files import atomic_save
     from models import build_model
+    from models.checkpoint import json_config, load_official_checkpoint, ours_to_official, safe_load, tokenizer_info
     from tools.parity_recipe import official_state_dict
-    from utils.checkpoint import load_official_checkpoint, ours_to_official, safe_load
+    from utils.files import atomic_save
     from utils.options import build_training_parser
-    from utils.training_state import json_config, tokenizer_info
 
     args = build_training_parser().parse_args(["--bert_init", "random", *model_flags])
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ import train
 from datasets import build_loaders, build_subset_loader, build_tokenizer
 from engine import evaluate, to_device
 from models import build_model
-from utils.losses import build_criterion
+from models.criterion import build_criterion
 from utils.rng import seed_everything
 
 PHASES = ("data", "forward", "loss", "backward", "optimizer")

@@ -27,8 +27,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from utils.files import atomic_save, atomic_write
+
 from .convert import CONVERTERS, ConvertError, add_commands, write_and_check
-from .files import atomic_save, atomic_write
 from .grounding import CATALOG
 from .validate import validate
 

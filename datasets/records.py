@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pycocotools import mask as coco_mask
 
-from .files import atomic_write
+from utils.files import atomic_write
 
 REQUIRED = ("image", "phrase", "box")
 OPTIONAL = ("id", "type", "mask")

@@ -11,10 +11,10 @@ from PIL import Image
 
 from datasets.grounding import read_rgb
 from datasets.records import write_jsonl
-from utils.mask_metrics import save_png
-from utils.mask_refine import refine_mask
-from utils.predictions import prediction_record
-from utils.visualize import draw_groundings
+from evaluation.mask_metrics import save_png
+from evaluation.mask_refine import refine_mask
+from evaluation.overlays import draw_groundings
+from evaluation.predictions import prediction_record
 
 MAX_SIDE = 4096  # larger uploads are downscaled first: the model sees at most imsize pixels a side anyway
 MAX_PHRASES = 8
@@ -71,7 +71,7 @@ def predict_with_notes(predictor, rgb, phrases):
 
 def ground(predictor, image_path, text, mask_threshold, show_masks, out_dir, mask_refine="none"):
     """Answers one request; files (the mask PNGs, predictions.jsonl) go to out_dir, a new folder per request.
-    mask_refine: "grabcut" draws and saves the refined mask (utils.mask_refine) instead of the model's.
+    mask_refine: "grabcut" draws and saves the refined mask (evaluation.mask_refine) instead of the model's.
     Returns {"image": PIL drawing, "rows": table rows, "files": paths, "notes": lines, "records": records,
     "seconds": the model's time}."""
     if not 0 <= mask_threshold <= 1:

@@ -8,10 +8,10 @@ import warnings
 import torch
 from torch import nn
 
-from datasets.files import atomic_write
 from datasets.tokenizer import encode_text
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
-from utils.training_state import json_config
+from models.checkpoint import json_config
+from utils.files import atomic_write
 
 from .onnx_runtime import INPUT_NAMES, OUTPUT_NAMES, OnnxRuntimeModel
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from datasets.files import atomic_write
-from utils.eval_utils import prediction_ious
+from evaluation.box_metrics import prediction_ious
+from utils.files import atomic_write
 
 from .onnx_runtime import INPUT_NAMES, QUANTIZATION_KEY, OnnxModelError, require_onnxruntime, run_feed
 

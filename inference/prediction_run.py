@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch.distributed as dist
 
-from datasets.files import FileWriteError, fsync_folder
 from datasets.records import write_jsonl
 from datasets.samplers import ImageBatchSampler, world_and_rank
-from utils.mask_metrics import save_png
-from utils.predictions import prediction_record
-from utils.visualize import draw_overlay
+from evaluation.mask_metrics import save_png
+from evaluation.overlays import draw_overlay
+from evaluation.predictions import prediction_record
+from utils.files import FileWriteError, fsync_folder
 
 from .predictor import load_rgb
 

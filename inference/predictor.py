@@ -6,7 +6,7 @@
 
 result: "box" [x1, y1, x2, y2] in the image's pixels, "score" (the segmentation confidence), "mask" (the
 segmentation map resized to the image, float [H, W]), "binary_mask" (it above mask_threshold, bool [H, W]), "phrase"
-and "image_size" [W, H]; with mask_refine (utils.mask_refine) also "refined_mask" (bool [H, W]).
+and "image_size" [W, H]; with mask_refine (evaluation.mask_refine) also "refined_mask" (bool [H, W]).
 """
 import copy
 import warnings
@@ -20,10 +20,10 @@ from torchvision.ops import box_convert
 from datasets.grounding import read_rgb
 from datasets.tokenizer import encode_text
 from datasets.transforms import canvas_map_to_image, canvas_to_image, make_transforms
-from utils.checkpoint import (load_from_checkpoint, resolve_config, safe_load, tokenizer_from_checkpoint,
-                              tokenizer_overrides)
-from utils.eval_utils import MASK_THRESHOLD, canvas_probabilities, segmentation_confidence
-from utils.mask_refine import refine_mask
+from evaluation.mask_refine import refine_mask
+from evaluation.segmentation_map import MASK_THRESHOLD, canvas_probabilities, segmentation_confidence
+from models.checkpoint import (load_from_checkpoint, resolve_config, safe_load, tokenizer_from_checkpoint,
+                               tokenizer_overrides)
 from utils.runtime import resolve_device
 
 from .fast_path import prepare_for_inference

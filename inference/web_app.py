@@ -8,8 +8,8 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from evaluation.mask_refine import REFINEMENTS
 from inference.app_request import MAX_PHRASES, TABLE_HEADERS, RequestError, ground
-from utils.mask_refine import REFINEMENTS
 
 KEEP_REQUESTS = 16  # request folders kept on disk for their downloads; older ones are deleted
 UPLOAD_SOURCES = ["upload", "clipboard", "webcam"]
@@ -56,7 +56,7 @@ def status_text(header, notes=(), error=None):
 def build_app(predictor, checkpoint_name, examples=(), mask_refine="none", max_queue=64):
     """predictor: inference.predictor.SegVGPredictor; checkpoint_name: what the page calls the model (a file name: the
     server's folders are nobody's business); examples: [image path, phrase] pairs shown under the inputs;
-    mask_refine: the page's initial mask refinement (utils.mask_refine); max_queue: requests that may wait.
+    mask_refine: the page's initial mask refinement (evaluation.mask_refine); max_queue: requests that may wait.
 
     The API (gradio_client, docs/app.md): /ground(image, phrases, mask_threshold, show_masks, mask_refine) ->
     (drawing, table of phrase, x1, y1, x2, y2, score, files, status)."""

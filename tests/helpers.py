@@ -98,9 +98,9 @@ def write_tiny_checkpoint(path, seed=0, extra=()):
     """A checkpoint of a randomly initialised tiny model for the demo's vocabulary, as train.py writes it; extra:
     more model flags (e.g. ("--mask_head", "fine"))."""
     from datasets import build_tokenizer
-    from datasets.files import atomic_save
     from models import build_model
-    from utils.training_state import json_config, tokenizer_info
+    from models.checkpoint import json_config, tokenizer_info
+    from utils.files import atomic_save
 
     args = tiny_args("--dataset", "demo", *extra)
     tokenizer = build_tokenizer(args)

@@ -3,14 +3,12 @@ import os
 
 import pytest
 import torch
-
 from helpers import model_inputs, synthetic_batch, tiny_args
 
-from datasets.files import FileWriteError, atomic_save
-from models import build_model
-from utils import checkpoint
-from utils.checkpoint import (load_detr_weights, load_official_checkpoint, load_state_dict_checked,
-                              ours_to_official, safe_load)
+from models import build_model, checkpoint
+from models.checkpoint import (load_detr_weights, load_official_checkpoint, load_state_dict_checked, ours_to_official,
+                               safe_load)
+from utils.files import FileWriteError, atomic_save
 
 
 @pytest.fixture(scope="module")

@@ -10,17 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_TRAIN, tiny_args
 from PIL import Image
 
 import eval as eval_script
 import predict
 import train
 from datasets import build_tokenizer, demo
-from datasets.files import FileWriteError, atomic_save
-from helpers import TINY_TRAIN, tiny_args
 from models import build_model
-from utils.checkpoint import CheckpointError
-from utils.training_state import json_config, tokenizer_info
+from models.checkpoint import CheckpointError, json_config, tokenizer_info
+from utils.files import FileWriteError, atomic_save
 
 ROOT = Path(__file__).resolve().parents[1]
 

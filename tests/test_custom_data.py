@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_TRAIN
 from PIL import Image
 
 import eval as eval_script
@@ -14,9 +15,8 @@ import train
 from datasets import build_index, objects
 from datasets.records import RecordError
 from datasets.validate import validate
-from helpers import TINY_TRAIN
 from inference import SegVGPredictor
-from utils.checkpoint import CheckpointError, safe_load
+from models.checkpoint import CheckpointError, safe_load
 
 COUNTS = ["--train", "24", "--val", "8", "--test", "8"]
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from helpers import model_inputs, synthetic_batch, tiny_args, without_dropout
 
-from datasets.files import atomic_save
 from engine import to_device
 from models import build_model
-from utils.checkpoint import safe_load
-from utils.losses import build_criterion
+from models.checkpoint import safe_load
+from models.criterion import build_criterion
+from utils.files import atomic_save
 
 pytestmark = pytest.mark.device
 

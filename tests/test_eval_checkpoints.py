@@ -3,13 +3,12 @@ argparse Namespace merged over the defaults, overrides such as eval.py's data fl
 import argparse
 
 import torch
+from helpers import synthetic_batch, tiny_train_args
 
 from datasets.tokenizer import DEMO_VOCAB
-from helpers import synthetic_batch, tiny_train_args
 from models import build_model
-from utils.checkpoint import (load_from_checkpoint, load_model, ours_to_official, resolve_config, safe_load,
-                              tokenizer_from_checkpoint)
-from utils.training_state import json_config, tokenizer_info
+from models.checkpoint import (json_config, load_from_checkpoint, load_model, ours_to_official, resolve_config,
+                               safe_load, tokenizer_from_checkpoint, tokenizer_info)
 
 TRAINED_ARGS = ["--imsize", "96", "--max_query_len", "10", "--enc_layers", "4", "--bert_vocab_size", "119"]
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from utils.eval_utils import prediction_ious, summarize, summarize_by_group
+from evaluation.box_metrics import prediction_ious, summarize, summarize_by_group
 
 
 def cxcywh(x1, y1, x2, y2):

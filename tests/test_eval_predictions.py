@@ -3,15 +3,15 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_args
 from PIL import Image
 from torchvision.ops import box_iou
 
 from datasets import build_tokenizer, demo
-from datasets.files import atomic_save
 from eval import get_args_parser, main
-from helpers import tiny_args
 from models import build_model
-from utils.training_state import json_config, tokenizer_info
+from models.checkpoint import json_config, tokenizer_info
+from utils.files import atomic_save
 
 
 @pytest.fixture(scope="module")

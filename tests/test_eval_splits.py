@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import spawn, tiny_args
 
 from datasets import build_tokenizer, demo
-from datasets.files import atomic_save
 from eval import get_args_parser, main
-from helpers import spawn, tiny_args
 from models import build_model
-from utils.training_state import json_config, tokenizer_info
+from models.checkpoint import json_config, tokenizer_info
+from utils.files import atomic_save
 
 SPLITS = ("val", "test")
 

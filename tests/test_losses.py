@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from utils.losses import SegVGLoss, dice_loss, focal_loss, positive_factor, segmentation_terms_direct
+from models.criterion import SegVGLoss, dice_loss, focal_loss, positive_factor, segmentation_terms_direct
 
 
 def sigmoid(z):

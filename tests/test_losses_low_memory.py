@@ -1,10 +1,10 @@
-"""The low-memory segmentation terms (utils.mask_statistics) against the direct formulation: values and
+"""The low-memory segmentation terms (models.mask_statistics) against the direct formulation: values and
 gradients on random shapes, ragged, empty and full boxes, saturated logits, both pos-factor modes, autocast."""
 import pytest
 import torch
 
-from utils.losses import SegVGLoss, segmentation_terms, segmentation_terms_direct
-from utils.mask_statistics import interpolation_matrix, mask_statistics
+from models.criterion import SegVGLoss, segmentation_terms, segmentation_terms_direct
+from models.mask_statistics import interpolation_matrix, mask_statistics
 
 
 def random_case(seed, layers, queries, batch, grid, size, scale=3.0):

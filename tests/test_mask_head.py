@@ -7,20 +7,20 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from helpers import (model_inputs, noise_image, synthetic_batch, tiny_args, tiny_train_args, without_dropout,
                      write_tiny_checkpoint)
+from PIL import Image
 
 import eval as eval_script
 import predict
 from datasets import demo
 from engine import TrainState, train_one_epoch
 from inference.fast_path import prepare_for_inference
-from utils.checkpoint import CheckpointError, load_from_checkpoint, load_weights, resolve_config, safe_load
 from models import build_model
+from models.checkpoint import CheckpointError, load_from_checkpoint, load_weights, resolve_config, safe_load
+from models.criterion import build_criterion
 from models.mask_head import default_mask_stride
 from train import build_optimizer
-from utils.losses import build_criterion
 
 FINE = ("--mask_head", "fine")
 

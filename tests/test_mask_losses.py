@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
-from utils.mask_losses import (FineMaskLoss, map_dice, color_similarity, pair_counts, pairwise_loss, projection_loss,
-                               rgb_to_lab)
+from models.mask_losses import (FineMaskLoss, color_similarity, map_dice, pair_counts, pairwise_loss, projection_loss,
+                                rgb_to_lab)
 
 BIG = 30.0  # a logit whose sigmoid is 1 (or 0) to float precision
 
@@ -252,7 +252,7 @@ def test_a_finer_loss_stride_scores_the_map_upsampled_as_eval_uses_it():
 def test_loss_stride_coarser_than_the_head_is_refused():
     from helpers import tiny_train_args
 
-    from utils.mask_losses import build_fine_mask_loss
+    from models.mask_losses import build_fine_mask_loss
 
     with pytest.raises(ValueError, match="coarser than the head"):
         build_fine_mask_loss(tiny_train_args("--mask_head", "fine", "--mask_stride", "2", "--mask_loss_stride", "4"))

@@ -5,18 +5,18 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_args
 from PIL import Image
 from pycocotools import mask as coco_mask
+from test_build_index import rectangle, refer_root  # noqa: F401 (a fixture)
 
 import eval as eval_script
 from datasets import build_index, build_tokenizer
 from datasets.records import rasterize
-from datasets.files import atomic_save
-from helpers import tiny_args
+from evaluation.mask_metrics import box_mask, intersection_union, save_png, summarize_masks
 from models import build_model
-from test_build_index import rectangle, refer_root  # noqa: F401 (a fixture)
-from utils.mask_metrics import box_mask, intersection_union, save_png, summarize_masks
-from utils.training_state import json_config, tokenizer_info
+from models.checkpoint import json_config, tokenizer_info
+from utils.files import atomic_save
 
 
 def square(top, left, side, shape=(10, 10)):

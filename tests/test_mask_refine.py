@@ -5,14 +5,14 @@ import json
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
 from helpers import noise_image, write_tiny_checkpoint
+from PIL import Image
 
 import eval as eval_script
 import predict
 from datasets import demo
-from utils.mask_metrics import intersection_union
-from utils.mask_refine import grabcut, refine_mask
+from evaluation.mask_metrics import intersection_union
+from evaluation.mask_refine import grabcut, refine_mask
 
 
 def iou(a, b):

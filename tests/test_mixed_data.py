@@ -9,17 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_TRAIN, tiny_train_args
 from PIL import Image
+from test_train_preemption import ROOT, environment, wait_for_step
 
 from datasets import build_dataset, build_tokenizer
 from datasets.mixed import MixedDataset, dataset_names, image_key, read_holdout_list
 from engine import selection_score
 from eval import get_args_parser as eval_parser
 from eval import main as eval_main
-from helpers import TINY_TRAIN, tiny_train_args
-from test_train_preemption import ROOT, environment, wait_for_step
+from models.checkpoint import safe_load
 from train import main as train_main
-from utils.checkpoint import safe_load
 
 COCO_DIR = "other/images/mscoco/images/train2014"
 # dataset -> split -> COCO image ids (one expression each, two for the images marked twice)

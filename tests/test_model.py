@@ -2,9 +2,9 @@ import copy
 
 import pytest
 import torch
+from helpers import model_inputs, synthetic_batch, tiny_args, without_dropout
 from torch import nn
 
-from helpers import model_inputs, synthetic_batch, tiny_args, without_dropout
 from models import build_model
 from models.attention import MultiheadAttention
 from models.segvg import MLP, SegmentationHead
@@ -159,7 +159,7 @@ def test_configuration_errors_are_clear():
 @pytest.mark.device
 def test_backward_reaches_every_trainable_parameter(model, device):
     from engine import to_device
-    from utils.losses import build_criterion
+    from models.criterion import build_criterion
 
     args = tiny_args()
     batch = to_device(synthetic_batch(args), device)
@@ -182,7 +182,7 @@ def test_bf16_autocast_forward_and_backward_agree_with_fp32(model, device):
     seeds of this configuration: losses differed by at most 1.8 % (bound 4 %), final boxes by 0.013 of the canvas
     (bound 0.03), the whole gradient's cosine similarity to fp32's was 0.92-0.98 (bound 0.85)."""
     from engine import to_device
-    from utils.losses import build_criterion
+    from models.criterion import build_criterion
 
     args = tiny_args()
     batch = to_device(synthetic_batch(args), device)

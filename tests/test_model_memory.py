@@ -3,11 +3,11 @@ import copy
 
 import pytest
 import torch
+from helpers import model_inputs, synthetic_batch, tiny_args
 
 import models.activation_checkpointing as activation_checkpointing
-from helpers import model_inputs, synthetic_batch, tiny_args
 from models import build_model
-from utils.losses import build_criterion
+from models.criterion import build_criterion
 
 
 def loss_gradients(model, args, batch, seed=3):

@@ -11,8 +11,8 @@ from torch import nn
 import predict
 from datasets import build_tokenizer
 from datasets.transforms import canvas_to_image, eval_placement, make_transforms
+from evaluation.segmentation_map import segmentation_confidence
 from inference import SegVGPredictor
-from utils.eval_utils import segmentation_confidence
 
 
 def demo_args():

@@ -4,12 +4,12 @@ import argparse
 
 import pytest
 import torch
+from helpers import synthetic_batch, tiny_train_args
 
 from engine import TrainState, train_one_epoch
-from helpers import synthetic_batch, tiny_train_args
 from models import build_model
+from models.criterion import build_criterion
 from train import build_optimizer
-from utils.losses import build_criterion
 from utils.lr_scheduler import lr_factor, run_fraction
 
 

@@ -1,14 +1,14 @@
 """DistributedDataParallel on gloo: two processes on halves of a batch train exactly like one process on the whole
 batch, through the frozen-backbone epoch and the unfreeze, with a single DDP wrap."""
 import torch
+from helpers import spawn, synthetic_batch, tiny_train_args
 from torch import nn
 
 from engine import TrainState, train_one_epoch
-from helpers import spawn, synthetic_batch, tiny_train_args
 from models import build_model
+from models.criterion import build_criterion
 from train import backbone_parameters, build_optimizer, wrap_model
 from utils.distributed import init_distributed_mode
-from utils.losses import build_criterion
 
 GLOBAL_BATCH = 4
 # SGD: Adam's first step is ~lr * sign(grad), which would turn float round-off on near-zero gradients into lr.

@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+from helpers import make_demo
 from torch.utils.data import DataLoader
 
 import train
@@ -18,9 +19,8 @@ from datasets import build_dataset, build_tokenizer, collate_fn, demo, objects
 from engine import evaluate, summarize_results
 from eval import get_args_parser as get_eval_args_parser
 from eval import main as eval_main
-from helpers import make_demo
 from models import build_model
-from utils.checkpoint import safe_load
+from models.checkpoint import safe_load
 
 SEED = 0
 TRAIN = 1000

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import TINY_TRAIN, free_port, make_demo
-from utils.checkpoint import safe_load
+
+from models.checkpoint import safe_load
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 4

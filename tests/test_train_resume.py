@@ -5,14 +5,14 @@ import re
 
 import pytest
 import torch
+from helpers import TINY_TRAIN, make_demo
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 import train
 from datasets import build_dataset, collate_fn
 from engine import NonFiniteLossError, evaluate, summarize_results
-from helpers import TINY_TRAIN, make_demo
-from utils.checkpoint import load_from_checkpoint, safe_load
+from models.checkpoint import load_from_checkpoint, safe_load
 
 STEPS_PER_EPOCH = 4
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.visualize import GT_COLOUR, PRED_COLOUR, draw_overlay
+from evaluation.overlays import GT_COLOUR, PRED_COLOUR, draw_overlay
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import plot_log  # noqa: E402

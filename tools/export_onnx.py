@@ -10,11 +10,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.files import FileWriteError
 from inference.fast_path import prepare_for_inference
-from utils.checkpoint import CheckpointError, load_from_checkpoint, tokenizer_overrides
 from inference.onnx_export import DEFAULT_OPSET, compare_with_onnxruntime, export_onnx
 from inference.onnx_runtime import OnnxModelError
+from models.checkpoint import CheckpointError, load_from_checkpoint, tokenizer_overrides
+from utils.files import FileWriteError
 from utils.options import add_tokenizer_flags
 
 BOX_TOLERANCE = 1e-4

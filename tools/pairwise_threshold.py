@@ -17,8 +17,8 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import build_dataset, collate_fn  # noqa: E402
-from utils.mask_losses import (color_similarity, image_region, mask_loss_stride, pair_counts,  # noqa: E402
-                               region_at_stride)
+from models.mask_losses import (color_similarity, image_region, mask_loss_stride, pair_counts,  # noqa: E402
+                                region_at_stride)
 from utils.options import build_training_parser  # noqa: E402
 
 CHUNK = 64  # samples per similarity computation

@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inference.fast_path import prepare_for_inference  # noqa: E402
 from models import build_model  # noqa: E402
+from models.checkpoint import load_official_checkpoint, ours_to_official, safe_load  # noqa: E402
+from models.criterion import build_criterion  # noqa: E402
 from tools.parity_recipe import checksums, make_batch, official_state_dict  # noqa: E402
-from utils.checkpoint import load_official_checkpoint, ours_to_official, safe_load  # noqa: E402
-from utils.losses import build_criterion  # noqa: E402
 from utils.options import build_training_parser  # noqa: E402
 from utils.runtime import set_tf32  # noqa: E402
 

@@ -14,16 +14,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import build_dataset
-from datasets.files import FileWriteError
-from utils.checkpoint import CheckpointError, load_from_checkpoint, tokenizer_overrides
-from inference.onnx_quantize import (
-    box_agreement,
-    quantize_dynamic_int8,
-    quantize_static_int8,
-    sample_feeds,
-    spread_indices,
-)
+from inference.onnx_quantize import (box_agreement, quantize_dynamic_int8, quantize_static_int8, sample_feeds,
+                                     spread_indices)
 from inference.onnx_runtime import OnnxModelError, OnnxRuntimeModel
+from models.checkpoint import CheckpointError, load_from_checkpoint, tokenizer_overrides
+from utils.files import FileWriteError
 from utils.options import add_tokenizer_flags
 
 

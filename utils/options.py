@@ -6,7 +6,6 @@ import argparse
 import shlex
 
 from utils.lr_scheduler import SCHEDULERS
-from utils.mask_refine import REFINEMENTS
 
 AMP_CHOICES = ("off", "bf16", "fp16")
 
@@ -37,13 +36,6 @@ def add_backend_flags(parser, cpu_only=False):
     parser.add_argument("--backend", default="pytorch", choices=["pytorch", "onnxruntime"],
                         help=f"what runs the network: PyTorch, or ONNX Runtime{where} on the --onnx export")
     parser.add_argument("--onnx", help="with --backend onnxruntime: the .onnx file of tools/export_onnx.py")
-
-
-def add_mask_refine_flag(parser):
-    """--mask_refine of eval.py, predict.py and app.py."""
-    parser.add_argument("--mask_refine", default="none", choices=REFINEMENTS,
-                        help="also refine each mask without training: grabcut = OpenCV's GrabCut from the predicted "
-                             "box and the model's map (docs/evaluation.md); the model's own mask is kept as well")
 
 
 def model_flags():

@@ -4,7 +4,7 @@ intersection over cumulative union) and Prec@0.5:0.9 (fraction of expressions wi
 
 Three masks are scored side by side: the model's segmentation map thresholded ("mask"), its predicted box filled
 ("pred_box_mask", what any box-only model gives), and the ground-truth box filled ("gt_box_mask", what box
-supervision aims at); with a refinement (utils.mask_refine) a fourth, "<method>_mask"."""
+supervision aims at); with a refinement (evaluation.mask_refine) a fourth, "<method>_mask"."""
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from datasets.transforms import canvas_map_to_image, canvas_to_image, eval_placement
-from utils.eval_utils import canvas_probabilities
-from utils.mask_refine import refine_mask
+from evaluation.mask_refine import refine_mask
+from evaluation.segmentation_map import canvas_probabilities
 
 MAPS = ("mask", "pred_box_mask", "gt_box_mask")
 PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -67,7 +67,7 @@ class MaskScorer:
     """Per evaluated sample: the evaluation map upsampled to the canvas, mapped back to the image and thresholded at
     `threshold`; its three masks scored against the ground-truth mask at the image's resolution (when the sample has
     one and `score`), and with save_dir the binary mask written as <save_dir>/masks/<index>.png (and the probability
-    map, 0-255, as <save_dir>/probabilities/<index>.png with save_probabilities). refine: a utils.mask_refine method
+    map, 0-255, as <save_dir>/probabilities/<index>.png with save_probabilities). refine: a evaluation.mask_refine method
     whose mask is scored (and saved, to <save_dir>/masks_<method>) beside the model's; its seconds are counted."""
 
     def __init__(self, dataset, args, threshold, score=True, save_dir=None, save_probabilities=False, refine="none"):

@@ -5,12 +5,19 @@ where the map says so, probable background elsewhere), on the box's neighbourhoo
 import cv2
 import numpy as np
 
-from .eval_utils import MASK_THRESHOLD
+from .segmentation_map import MASK_THRESHOLD
 
 REFINEMENTS = ("none", "grabcut")
 MARGIN = 0.25  # of the box's size on each side: the background GrabCut learns its colours from
 MAX_SIDE = 160  # pixels of the worked region's long side: bounds the cost per expression
 ITERATIONS = 3
+
+
+def add_mask_refine_flag(parser):
+    """--mask_refine of eval.py, predict.py and app.py."""
+    parser.add_argument("--mask_refine", default="none", choices=REFINEMENTS,
+                        help="also refine each mask without training: grabcut = OpenCV's GrabCut from the predicted "
+                             "box and the model's map (docs/evaluation.md); the model's own mask is kept as well")
 
 
 def grabcut(rgb, box, prob, threshold=MASK_THRESHOLD, margin=MARGIN, max_side=MAX_SIDE, iterations=ITERATIONS):

@@ -83,12 +83,12 @@ def draw_groundings(image, boxes, masks, labels, min_width=480):
 
 @torch.inference_mode()
 def write_dataset_overlays(model, dataset, records, folder, args, device):
-    """Overlays of evaluation records (utils.predictions: index, box, gt_box, iou, score), masks included, named
+    """Overlays of evaluation records (evaluation.predictions: index, box, gt_box, iou, score), masks included, named
     <position>_<dataset index>_iou<IoU>.png; returns the paths."""
     from datasets import collate_fn
     from datasets.grounding import read_rgb
     from datasets.transforms import canvas_map_to_image, eval_placement
-    from utils.eval_utils import canvas_probabilities
+    from evaluation.segmentation_map import canvas_probabilities
 
     batch = collate_fn([dataset[r["index"]] for r in records])
     model.eval()

@@ -7,7 +7,7 @@ the exact Jacobian of each sum with respect to the low-resolution logits z (3 x 
 pass. Backward is then a weighted sum of those Jacobians: no full-resolution tensor is saved and nothing is
 recomputed.
 
-Every formula repeats what autograd does for the direct formulation in ``utils.losses`` (binary cross-entropy
+Every formula repeats what autograd does for the direct formulation in ``models.criterion`` (binary cross-entropy
 on probabilities with its log clamp at -100 and its 1e-12 floor in the backward), so values and gradients
 agree with it to float rounding, saturated logits included.
 """

@@ -3,6 +3,7 @@ SegVG and DETR checkpoints, the configuration (ours inside the file, or an offic
 and the model with its weights. Training (--resume, --pretrained, --detr_model) and inference (eval.py, predict.py,
 SegVGPredictor, the ONNX tools) read checkpoints through it."""
 import argparse
+import json
 import pickle
 import re
 import tempfile
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from datasets.files import first_line
 from datasets.tokenizer import build_tokenizer
 from models import build_model
+from utils.files import first_line
 from utils.options import model_flags, training_defaults
 
 # Official SegVG key prefixes and ours; {i} is a layer index, {x} one of q/k/v. First match wins.
@@ -73,6 +74,18 @@ def ours_to_official(key):
     if new is None:
         raise KeyError(f"key {key!r} has no counterpart in the official checkpoint layout")
     return new
+
+
+def json_config(args):
+    """vars(args) with only JSON types, so the checkpoint loads with weights_only=True."""
+    return json.loads(json.dumps(vars(args), default=str))
+
+
+def tokenizer_info(tokenizer, args):
+    """The vocabulary itself (ordered by id), so a checkpoint rebuilds its tokenizer with no hub or file."""
+    vocab = tokenizer.get_vocab()
+    return {"vocab": sorted(vocab, key=vocab.get), "do_lower_case": True,
+            "source": args.vocab_file or (args.bert_model if args.dataset != "demo" else "datasets/demo_vocab.txt")}
 
 
 class CheckpointError(RuntimeError):

@@ -3,15 +3,9 @@ IoU."""
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
 from torchvision.ops import box_convert, box_iou
 
 THRESHOLDS = (0.5, 0.75)
-# The paper's segmentation-derived confidence: mean upsampled mask probability over pixels >= 0.35.
-CONFIDENCE_THRESHOLD = 0.35
-# Where a mask is cut out of the segmentation map (eval.py, predict.py, SegVGPredictor): docs/evaluation.md says how
-# it was chosen.
-MASK_THRESHOLD = 0.5
 
 
 def prediction_ious(pred_boxes, target):
@@ -41,14 +35,3 @@ def summarize_by_group(ious, groups):
         by_group[group].append(iou)
     return {group: summarize(values) for group, values in sorted(by_group.items())}
 
-
-def canvas_probabilities(seg_logits, size):
-    """[B, g, g] logits of the evaluation mask -> [B, size, size] probabilities, upsampled bilinearly."""
-    return F.interpolate(seg_logits.float().sigmoid()[:, None], size=(size, size), mode="bilinear",
-                         align_corners=False)[:, 0]
-
-
-def segmentation_confidence(prob):
-    """prob: [..., S, S] probabilities on the canvas -> mean of those >= 0.35 (0 where none is)."""
-    keep = prob >= CONFIDENCE_THRESHOLD
-    return (prob * keep).sum((-2, -1)) / keep.sum((-2, -1)).clamp(min=1)

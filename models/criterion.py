@@ -51,7 +51,7 @@ def segmentation_terms_direct(seg, pos_region):
 
 
 def segmentation_terms(seg, pos_region):
-    """Focal, dice and positive factor per mask from three sums per mask (utils.mask_statistics): the same
+    """Focal, dice and positive factor per mask from three sums per mask (models.mask_statistics): the same
     values and gradients as ``segmentation_terms_direct`` without any canvas-size tensor kept for backward."""
     layers, queries, batch, grid_h, grid_w = seg.shape
     logits = seg.permute(2, 0, 1, 3, 4).reshape(batch, layers * queries, grid_h, grid_w)
@@ -68,7 +68,7 @@ class SegVGLoss(nn.Module):
 
     def __init__(self, detach_pos_factor=False, weight_l1=5.0, weight_giou=2.0, low_memory=True, seg_loss=True,
                  weight_focal=1.0, weight_dice=1.0, fine=None):
-        """fine: the fine mask head's loss (utils.mask_losses.FineMaskLoss), added to these terms."""
+        """fine: the fine mask head's loss (models.mask_losses.FineMaskLoss), added to these terms."""
         super().__init__()
         self.fine = fine
         self.seg_loss = seg_loss
