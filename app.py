@@ -14,7 +14,7 @@ from pathlib import Path
 from evaluation.mask_refine import add_mask_refine_flag
 from models.checkpoint import CheckpointError
 from utils.files import FileWriteError
-from utils.options import add_backend_flags, add_tokenizer_flags
+from utils.options import add_backend_flags, add_exif_flag, add_tokenizer_flags
 
 DEMO_CHECKPOINT = "outputs/demo/best_checkpoint.pth"
 MAX_FILE_SIZE = "50mb"
@@ -35,6 +35,7 @@ def get_args_parser():
     parser.add_argument("--max_queue", type=int, default=64,
                         help="requests that may wait while one is answered; more are told the queue is full")
     add_mask_refine_flag(parser)
+    add_exif_flag(parser)
     add_tokenizer_flags(parser)
     add_backend_flags(parser)
     return parser
@@ -62,12 +63,13 @@ def build_predictor(opts):
     from inference import SegVGPredictor
 
     if opts.backend == "onnxruntime":
-        return SegVGPredictor.from_onnx(opts.onnx, opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file)
+        return SegVGPredictor.from_onnx(opts.onnx, opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file,
+                                        exif=opts.exif)
     checkpoint = opts.checkpoint or DEMO_CHECKPOINT
     if not Path(checkpoint).is_file():
         hint = "train the demo first with `bash train.sh`" if opts.checkpoint is None else "check the path"
         raise FileNotFoundError(f"no checkpoint at {checkpoint}: {hint}, or give --checkpoint CKPT")
-    return SegVGPredictor.from_checkpoint(checkpoint, opts.device, opts.bert_model, opts.vocab_file)
+    return SegVGPredictor.from_checkpoint(checkpoint, opts.device, opts.bert_model, opts.vocab_file, exif=opts.exif)
 
 
 def main(argv=None):

@@ -36,7 +36,7 @@ from utils.options import AMP_CHOICES, add_backend_flags, add_process_group_flag
 from utils.runtime import compile_model, limit_opencv_threads, set_tf32
 
 # Flags that override the checkpoint's configuration when given.
-DATA_FLAGS = ("data_root", "split_root", "bert_model", "vocab_file")
+DATA_FLAGS = ("data_root", "split_root", "exif", "bert_model", "vocab_file")
 # The nine splits of the paper's tables (RefCOCO, RefCOCO+, RefCOCOg google and umd): --eval_sets paper.
 PAPER_SPLITS = "unc:val,unc:testA,unc:testB,unc+:val,unc+:testA,unc+:testB,gref:val,gref_umd:val,gref_umd:test"
 
@@ -75,6 +75,10 @@ def get_args_parser():
                                         "checkpoint's]")
     data.add_argument("--data_root", help="image root")
     data.add_argument("--split_root", help="folder holding <dataset>/<dataset>_<split>.pth")
+    data.add_argument("--exif", choices=["apply", "ignore"],
+                      help="EXIF orientation of a JSONL dataset's images: apply = its boxes refer to the image as "
+                           "viewers show it, ignore = to the stored pixels [default: the checkpoint's, else apply]; "
+                           "built-in datasets always read the stored pixels (docs/custom_data.md)")
     add_tokenizer_flags(data)
     run = parser.add_argument_group("run")
     run.add_argument("--batch_size", default=32, type=int,

@@ -28,7 +28,7 @@ from inference.prediction_run import PredictionRun, predict_batches, save_predic
 from models.checkpoint import CheckpointError
 from utils.distributed import destroy_process_group, init_distributed_mode, is_main_process
 from utils.files import FileWriteError
-from utils.options import add_backend_flags, add_process_group_flags, add_tokenizer_flags
+from utils.options import add_backend_flags, add_exif_flag, add_process_group_flags, add_tokenizer_flags
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -44,6 +44,7 @@ def get_args_parser():
     inputs.add_argument("--phrase", "--text", dest="phrases", action="append", default=[],
                         help="referring expression; repeat for several")
     inputs.add_argument("--pairs", help="JSONL file of {\"image\": path, \"phrase\": text} lines")
+    add_exif_flag(inputs)
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--out", help="overlay PNG (several predictions: vis.png -> vis_0.png, vis_1.png, ...)")
     outputs.add_argument("--output_dir", help="folder for predictions.jsonl (prediction records), masks/ and overlays/")
@@ -127,10 +128,11 @@ def check_outputs(opts):
 def build_predictor(opts):
     if opts.backend == "onnxruntime":
         return SegVGPredictor.from_onnx(opts.onnx, opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file,
-                                        mask_threshold=opts.mask_threshold, mask_refine=opts.mask_refine)
+                                        mask_threshold=opts.mask_threshold, mask_refine=opts.mask_refine,
+                                        exif=opts.exif)
     return SegVGPredictor.from_checkpoint(opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file,
                                           fast=not opts.plain_inference, mask_threshold=opts.mask_threshold,
-                                          mask_refine=opts.mask_refine)
+                                          mask_refine=opts.mask_refine, exif=opts.exif)
 
 
 def save(opts, pairs, k, rgb, result, overlays):

@@ -4,12 +4,13 @@ import math
 import random
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .images import image_size as file_image_size
+from .images import read_rgb
 from .records import RecordError, check_record, index_path, rasterize, read_records, split_files
 from .tokenizer import encode_text
 
@@ -143,34 +144,16 @@ def number_images(keys):
     return [numbers.setdefault(key, len(numbers)) for key in keys]
 
 
-def read_rgb(path):
-    """uint8 [H, W, 3] RGB whatever the file holds (gray, CMYK, RGBA, palette, 16-bit: top 8 bits).
-
-    OpenCV decodes JPEGs to the same pixels as PIL, faster; PIL reads what OpenCV cannot, or says why.
-    EXIF orientation is ignored, as the original ignores it (boxes refer to the stored pixels).
-    Raises FileNotFoundError for a missing file and ValueError, naming the file, for one that cannot be decoded.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} not found")
-    try:
-        img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        if img is not None:
-            return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        with Image.open(path) as pil:
-            return np.asarray(pil.convert("RGB"))
-    except Exception as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
-
-
 class GroundingDataset(Dataset):
     """One split of a referring-expression dataset; samples are dicts of tensors (see collate_fn)."""
 
     def __init__(self, data_root, split_root, dataset, split, transform, tokenizer, max_query_len,
-                 float_boxes=False, augment_seed=None, cache=False, with_masks=False):
+                 float_boxes=False, augment_seed=None, cache=False, with_masks=False, exif="apply"):
         """with_masks: samples also carry gt_mask [S, S] and has_mask (the true mask, for --mask_supervision mask);
-        without it no mask file is ever read."""
+        without it no mask file is ever read. exif: the orientation a JSONL dataset's boxes refer to
+        (datasets.images); the built-in datasets always read the stored pixels, as their boxes were drawn on them."""
         self.dataset = dataset
+        self.exif = "ignore" if is_builtin(dataset) else exif
         self.split = split
         self.index_files = index_files(split_root, dataset, split)
         self.entries = [entry for path in self.index_files for entry in load_index(path, dataset)]
@@ -279,11 +262,12 @@ class GroundingDataset(Dataset):
         info = self.sample_info(idx)
         if "mask" not in info:
             return None
-        if image_size is None:
-            with Image.open(info["image"]) as image:
-                image_size = image.size
-        width, height = image_size
+        width, height = image_size or self.image_size(idx)
         return rasterize(info["mask"], height, width)
+
+    def image_size(self, idx):
+        """(width, height) of sample idx's image in the orientation its boxes refer to, from the file's header."""
+        return file_image_size(self.sample_info(idx)["image"], self.exif)
 
     def load_image(self, idx):
         """uint8 [H, W, 3] RGB image of sample idx."""
@@ -296,7 +280,7 @@ class GroundingDataset(Dataset):
             return self.last_image[1]
         where = self._where(idx)
         try:
-            img = read_rgb(self.image_dir / file_name)
+            img = read_rgb(self.image_dir / file_name, self.exif)
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{where}: {err}") from None
         except ValueError as err:

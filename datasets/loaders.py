@@ -49,6 +49,7 @@ def build_single_dataset(split, args, tokenizer=None, augment=None):
         augment_seed=args.seed if train else None,
         cache=args.cache_data,
         with_masks=with_masks,
+        exif=args.exif,
     )
     if with_masks and not dataset.has_masks():
         raise ValueError(f"--mask_supervision mask: no sample of {args.dataset}/{split} has a mask; give the records "

@@ -124,6 +124,10 @@ class MixedDataset(ConcatDataset):
         dataset, local = self.part(idx)
         return dataset.gt_mask(local, image_size)
 
+    def image_size(self, idx):
+        dataset, local = self.part(idx)
+        return dataset.image_size(local)
+
     def load_image(self, idx):
         dataset, local = self.part(idx)
         return dataset.load_image(local)

@@ -116,10 +116,11 @@ def check_mask(mask):
             raise ValueError(f"bad mask: polygon {k} has {len(polygon) // 2} points; a polygon needs at least 3")
 
 
-def check_against_image(box, mask, width, height):
-    """What is wrong with a record's box or mask given its image's size, or None."""
+def check_against_image(box, mask, width, height, orientation="as stored"):
+    """What is wrong with a record's box or mask given its image's size (in the orientation the boxes are read in,
+    named by `orientation`), or None."""
     if box[0] < 0 or box[1] < 0 or box[2] > width or box[3] > height:
-        return f"box {box} outside the {width}x{height} image (boxes are in the stored image's pixels)"
+        return f"box {box} outside the {width}x{height} image ({orientation})"
     if isinstance(mask, dict) and list(mask["size"]) != [height, width]:
         return (f"bad mask: the RLE's size {mask['size']} is not the image's [height, width] = "
                 f"[{height}, {width}]")

@@ -15,17 +15,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .grounding import (CATALOG, EXPECTED_SIZES, how_to_get, image_dir, index_files, is_builtin, load_index,
-                        parse_entry, read_rgb)
+from .grounding import CATALOG, EXPECTED_SIZES, how_to_get, image_dir, index_files, is_builtin, load_index, parse_entry
+from .images import TRANSPOSING, decode, read_rgb
 from .records import check_against_image, check_record, read_records, split_files
 
 
-def validate(dataset, data_root, split_root, splits=None, out=None, check_images=True):
+def validate(dataset, data_root, split_root, splits=None, out=None, check_images=True, exif="apply"):
     """-> list of problem strings; the counts table and the problems are printed to `out` (stdout). Without
-    check_images only the index files are read (data_root is not used)."""
+    check_images only the index files are read (data_root is not used). exif: the orientation a JSONL dataset's
+    boxes are read in (datasets.images); built-in datasets are always read as stored."""
     out = out or sys.stdout
     if not is_builtin(dataset):
-        return validate_records(dataset, data_root, split_root, splits, out, check_images)
+        return validate_records(dataset, data_root, split_root, splits, out, check_images, exif)
     splits = splits or [s for s in CATALOG[dataset]["splits"] if s != "trainval" or dataset == "referit"]
     problems = []
     uses = defaultdict(list)  # image file -> [(where, box)] for the entries that use it
@@ -86,7 +87,10 @@ def validate(dataset, data_root, split_root, splits=None, out=None, check_images
     return report(problems, out)
 
 
-def validate_records(dataset, data_root, split_root, splits, out, check_images):
+CONVENTIONS = {"apply": "as viewers show it, EXIF orientation applied", "ignore": "as stored, EXIF orientation ignored"}
+
+
+def validate_records(dataset, data_root, split_root, splits, out, check_images, exif="apply"):
     """validate() for a JSONL dataset: every split file found (or those asked for), every line, every image."""
     problems = []
     files = split_files(split_root, dataset)
@@ -99,7 +103,7 @@ def validate_records(dataset, data_root, split_root, splits, out, check_images):
         files = {s: p for s, p in files.items() if s in splits}
     elif not files:
         problems.append(f"no {dataset}_<split>.jsonl file in {folder}. {how_to_get(dataset)}")
-    uses = defaultdict(list)  # image -> [(where, box, mask)]
+    uses = defaultdict(list)  # image -> [(split, where, box, mask)]
     for split, path in files.items():
         records = read_records(path, problems)
         valid = 0
@@ -111,24 +115,41 @@ def validate_records(dataset, data_root, split_root, splits, out, check_images):
                 continue
             valid += 1
             if check_images:
-                uses[image].append((where, box, extra.get("mask")))
+                uses[image].append((split, where, box, extra.get("mask")))
         print(f"  {split:<10}{valid:>10} valid records of {len(records)}", file=out)
     root = Path(data_root or ".")
+    tagged = defaultdict(set)  # split -> its images whose EXIF orientation is not 1
     for image, refs in tqdm(sorted(uses.items()), desc="images", unit="img", disable=not uses):
         path = root / image
         if not path.is_file():
             problems += [f"{where}: image {path} not found (image paths are relative to --data_root)"
-                         for where, _, _ in refs]
+                         for _, where, _, _ in refs]
             continue
         try:
-            height, width = read_rgb(path).shape[:2]
+            rgb, orientation, turned = decode(path)  # turned: a HEIC file, upright whatever --exif says
         except Exception as err:
-            problems += [f"{where}: unreadable image {path} ({err}); replace or remove it" for where, _, _ in refs]
+            problems += [f"{where}: unreadable image {path} ({err}); replace or remove it" for _, where, _, _ in refs]
             continue
-        for where, box, mask in refs:
-            wrong = check_against_image(box, mask, width, height)
+        height, width = rgb.shape[:2]
+        for split, _, _, _ in refs:
+            if orientation != 1:
+                tagged[split].add(image)
+        swap = orientation in TRANSPOSING and not turned
+        sizes = {"ignore": (width, height), "apply": (height, width) if swap else (width, height)}
+        other = "ignore" if exif == "apply" else "apply"
+        for _, where, box, mask in refs:
+            wrong = check_against_image(box, mask, *sizes[exif], CONVENTIONS[exif])
+            if wrong and sizes[other] != sizes[exif] and not check_against_image(box, mask, *sizes[other]):
+                wrong = (f"box {box} lies outside the {sizes[exif][0]}x{sizes[exif][1]} image ({CONVENTIONS[exif]}) "
+                         f"but inside it in the other orientation ({sizes[other][0]}x{sizes[other][1]}, EXIF "
+                         f"orientation {orientation}): were its boxes drawn on the image "
+                         f"{CONVENTIONS[other].split(',')[0]}? Then validate and train with --exif {other}")
             if wrong:
                 problems.append(f"{where}: {wrong}")
+    for split in files:
+        if tagged[split]:
+            print(f"  {split}: {len(tagged[split])} image(s) carry an EXIF orientation other than 1; their boxes are "
+                  f"read {CONVENTIONS[exif]} (--exif {exif})", file=out)
     return report(problems, out)
 
 
@@ -148,6 +169,10 @@ def get_args_parser():
     parser.add_argument("--split_root", required=True, help="folder holding <dataset>/<dataset>_<split>.pth")
     parser.add_argument("--split", help="check one split only (default: all)")
     parser.add_argument("--no_images", action="store_true", help="check the index files only, not the images")
+    parser.add_argument("--exif", default="apply", choices=["apply", "ignore"],
+                        help="a JSONL dataset's convention, as given to train.py / eval.py: its boxes refer to the "
+                             "image as viewers show it (apply) or to the stored pixels (ignore); built-in datasets "
+                             "are always read as stored")
     return parser
 
 
@@ -159,7 +184,7 @@ def main(argv=None):
     if args.split and is_builtin(args.dataset) and args.split not in CATALOG[args.dataset]["splits"]:
         parser.error(f"dataset {args.dataset} has no split {args.split}; choose from {CATALOG[args.dataset]['splits']}")
     problems = validate(args.dataset, args.data_root, args.split_root, [args.split] if args.split else None,
-                        check_images=not args.no_images)
+                        check_images=not args.no_images, exif=args.exif)
     sys.exit(1 if problems else 0)
 
 

@@ -93,8 +93,7 @@ class MaskScorer:
         if gt is not None:
             height, width = gt.shape
         else:
-            with Image.open(self.dataset.sample_info(index)["image"]) as image:
-                width, height = image.size
+            width, height = self.dataset.image_size(index)
         if (width, height) not in self.placements:
             self.placements[width, height] = eval_placement(width, height, self.args)
         placement = self.placements[width, height]

@@ -86,7 +86,6 @@ def write_dataset_overlays(model, dataset, records, folder, args, device):
     """Overlays of evaluation records (evaluation.predictions: index, box, gt_box, iou, score), masks included, named
     <position>_<dataset index>_iou<IoU>.png; returns the paths."""
     from datasets import collate_fn
-    from datasets.grounding import read_rgb
     from datasets.transforms import canvas_map_to_image, eval_placement
     from evaluation.segmentation_map import canvas_probabilities
 
@@ -97,7 +96,7 @@ def write_dataset_overlays(model, dataset, records, folder, args, device):
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for k, record in enumerate(records):
-        image = read_rgb(record["image"])
+        image = dataset.load_image(record["index"])
         size = (image.shape[1], image.shape[0])
         mask = canvas_map_to_image(prob[k], eval_placement(*size, args), size).numpy()
         path = folder / f"{k:02d}_{record['index']}_iou{record['iou']:.2f}.png"

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torchvision.ops import box_convert
 
 from datasets.transforms import canvas_to_image, eval_placement
@@ -53,8 +52,7 @@ def evaluation_records(results, dataset, args):
     for index in sorted(results):
         iou, box, score = results[index][:3]
         info = dataset.sample_info(index)
-        with Image.open(info["image"]) as image:
-            size = image.size
+        size = dataset.image_size(index)
         if size not in placements:
             placements[size] = eval_placement(*size, args)
         canvas_box = box_convert(torch.tensor([box]), "cxcywh", "xyxy").clamp(0, 1) * args.imsize

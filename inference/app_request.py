@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from datasets.grounding import read_rgb
+from datasets.images import read_image
 from datasets.records import write_jsonl
 from evaluation.mask_metrics import save_png
 from evaluation.mask_refine import refine_mask
@@ -26,20 +26,27 @@ class RequestError(ValueError):
     """A request the app cannot answer; the message says why and what to do."""
 
 
-def read_upload(path):
-    """The uploaded file -> (uint8 [H, W, 3] RGB, notes). The message of an unreadable file names the upload, never the
-    server's folder."""
+def read_upload(path, exif="apply"):
+    """The uploaded file -> (uint8 [H, W, 3] RGB, orientation note (datasets.images), notes). The message of an
+    unreadable file names the upload, never the server's folder."""
     if path is None:
         raise RequestError("No image: upload one, paste one or take a photo, then press Ground.")
     name = Path(path).name
     try:
-        rgb = read_rgb(path)
+        rgb, orientation = read_image(path, exif)
         with Image.open(path) as pil:
             mode = pil.mode
-    except (ValueError, OSError):
-        raise RequestError(f"{name} is not an image this app can read: upload a PNG, JPEG, WebP, BMP, TIFF or GIF "
-                           f"file.") from None
+    except (ValueError, OSError) as err:
+        if "pillow-heif" in str(err):
+            raise RequestError(f"{name} is a HEIC photo: the server needs the pillow-heif package to read it "
+                               f"(pip install pillow-heif), or upload a JPEG.") from None
+        raise RequestError(f"{name} is not an image this app can read: upload a PNG, JPEG, WebP, AVIF, HEIC, BMP, "
+                           f"TIFF or GIF file.") from None
     notes = [] if mode in PLAIN_MODES else [f"{name}: {mode} image converted to 8-bit RGB."]
+    if orientation:
+        done = "turned as viewers show it" if orientation["exif"] == "apply" else "kept as stored (--exif ignore)"
+        notes.append(f"{name}: EXIF orientation {orientation['exif_orientation']}: the photo was {done}; boxes and "
+                     f"masks refer to that.")
     h, w = rgb.shape[:2]
     if max(h, w) > MAX_SIDE:
         scale = MAX_SIDE / max(h, w)
@@ -47,7 +54,7 @@ def read_upload(path):
         rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         notes.append(f"{name}: {w} x {h} pixels downscaled to {size[0]} x {size[1]}; boxes and masks refer to the "
                      f"downscaled image.")
-    return rgb, notes
+    return rgb, orientation, notes
 
 
 def read_phrases(text):
@@ -76,7 +83,7 @@ def ground(predictor, image_path, text, mask_threshold, show_masks, out_dir, mas
     "seconds": the model's time}."""
     if not 0 <= mask_threshold <= 1:
         raise RequestError(f"mask threshold {mask_threshold} is outside [0, 1].")
-    rgb, notes = read_upload(image_path)
+    rgb, orientation, notes = read_upload(image_path, predictor.exif)
     phrases = read_phrases(text)
     start = time.perf_counter()
     results, predict_notes = predict_with_notes(predictor, rgb, phrases)
@@ -96,7 +103,7 @@ def ground(predictor, image_path, text, mask_threshold, show_masks, out_dir, mas
         save_png(mask.astype(np.uint8) * 255, mask_file)
         files.append(mask_file)
         record = prediction_record(image_name, result["phrase"], result["box"], result["score"],
-                                   image_size=result["image_size"], mask=mask_file.name)
+                                   image_size=result["image_size"], mask=mask_file.name, **orientation)
         records.append(record)
         rows.append([record["phrase"], *record["box"], record["score"]])
     labels = [f"{k}. {phrase}" for k, phrase in enumerate(phrases, 1)]

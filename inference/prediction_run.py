@@ -24,7 +24,7 @@ from evaluation.overlays import draw_overlay
 from evaluation.predictions import prediction_record
 from utils.files import FileWriteError, fsync_folder
 
-from .predictor import load_rgb
+from .predictor import load_image
 
 PARTS = "parts"
 MERGED = "predictions.jsonl"
@@ -154,16 +154,16 @@ def predict_batches(predictor, pairs, batches, progress=None):
             image = pairs[k][0]
             if image not in loaded:
                 try:
-                    loaded[image] = load_rgb(image)
+                    loaded[image] = load_image(image, predictor.exif)
                 except (FileNotFoundError, ValueError) as err:
                     loaded[image] = str(err)
                     sys.stderr.write(f"warning: skipped {image}: {err}\n")  # every rank reports its own
         good = [k for k in batch if not isinstance(loaded[pairs[k][0]], str)]
-        results = predictor.predict([loaded[pairs[k][0]] for k in good], [pairs[k][1] for k in good]) if good else []
-        by_pair = dict(zip(good, results))
+        results = predictor.predict([loaded[pairs[k][0]][0] for k in good], [pairs[k][1] for k in good]) if good else []
+        by_pair = {k: {**result, **loaded[pairs[k][0]][1]} for k, result in zip(good, results)}  # + orientation note
         for k in batch:
             image = loaded[pairs[k][0]]
-            yield (k, image, by_pair[k]) if k in by_pair else (k, None, image)
+            yield (k, image[0], by_pair[k]) if k in by_pair else (k, None, image)
         if progress is not None:
             progress.update(len(loaded))
 
@@ -172,7 +172,8 @@ def save_prediction(pairs, k, rgb, result, output_dir=None, save_masks=False, sa
                     mask_refine="none", overlay=None):
     """Masks (under output_dir) and overlay of pair k -> its prediction record, naming them."""
     image, phrase = pairs[k]
-    extra = {"image_size": result["image_size"]}
+    extra = {"image_size": result["image_size"],
+             **{key: result[key] for key in ("exif_orientation", "exif") if key in result}}
     if save_masks and output_dir is not None:
         output_dir = Path(output_dir)
         name = f"{k:05d}_{Path(image).stem}.png"

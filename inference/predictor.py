@@ -6,7 +6,9 @@
 
 result: "box" [x1, y1, x2, y2] in the image's pixels, "score" (the segmentation confidence), "mask" (the
 segmentation map resized to the image, float [H, W]), "binary_mask" (it above mask_threshold, bool [H, W]), "phrase"
-and "image_size" [W, H]; with mask_refine (evaluation.mask_refine) also "refined_mask" (bool [H, W]).
+and "image_size" [W, H]; with mask_refine (evaluation.mask_refine) also "refined_mask" (bool [H, W]); for a file or
+PIL image whose EXIF orientation is not 1, "exif_orientation" and "exif" (applied or ignored, datasets.images).
+Paths and PIL images are read as viewers show them (exif="apply"), unless the predictor was built with exif="ignore".
 """
 import copy
 import warnings
@@ -17,7 +19,7 @@ import torch
 from PIL import Image
 from torchvision.ops import box_convert
 
-from datasets.grounding import read_rgb
+from datasets.images import EXIF_MODES, pil_to_rgb, read_image
 from datasets.tokenizer import encode_text
 from datasets.transforms import canvas_map_to_image, canvas_to_image, make_transforms
 from evaluation.mask_refine import refine_mask
@@ -29,18 +31,24 @@ from utils.runtime import resolve_device
 from .fast_path import prepare_for_inference
 
 
-def load_rgb(image):
-    """A path, PIL image or array -> uint8 [H, W, 3] RGB, with an error that says what was wrong."""
+def load_image(image, exif="apply"):
+    """A path, PIL image or array -> (uint8 [H, W, 3] RGB, orientation note: datasets.images.orientation_note), with
+    an error that says what was wrong. exif: apply or ignore a file's or PIL image's EXIF orientation."""
     if isinstance(image, (str, Path)):
-        return read_rgb(image)
+        return read_image(image, exif)
     if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"))  # a writable copy: torch warns about read-only arrays
+        return pil_to_rgb(image, exif)
     array = np.asarray(image)
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4) or array.dtype != np.uint8:
         raise ValueError(f"expected a uint8 RGB array [H, W, 3], got {array.dtype} {list(array.shape)}")
-    return np.array(array[..., :3], order="C")
+    return np.array(array[..., :3], order="C"), {}
+
+
+def load_rgb(image, exif="apply"):
+    """load_image's pixels alone."""
+    return load_image(image, exif)[0]
 
 
 def image_key(image):
@@ -54,10 +62,13 @@ class SegVGPredictor:
     """A model, its tokenizer and evaluation transform: images and phrases in, boxes and masks out."""
 
     def __init__(self, model, tokenizer, args, device="cpu", fast=True, mask_threshold=MASK_THRESHOLD,
-                 mask_refine="none"):
+                 mask_refine="none", exif="apply"):
         """fast: predict with a BatchNorm-folded, channels-last copy of model (inference.fast_path); model itself
         is left untouched. mask_threshold: where "binary_mask" is cut out of the map. mask_refine: "grabcut" adds
-        "refined_mask" to every result."""
+        "refined_mask" to every result. exif: "apply" reads files and PIL images as viewers show them, "ignore" as
+        their pixels are stored."""
+        if exif not in EXIF_MODES:
+            raise ValueError(f"unknown EXIF mode {exif!r}; choose from {', '.join(EXIF_MODES)}")
         if fast:
             model = prepare_for_inference(copy.deepcopy(model))
         self.model = model.eval().to(device)
@@ -67,10 +78,11 @@ class SegVGPredictor:
         self.transform = make_transforms(args, train=False)
         self.mask_threshold = mask_threshold
         self.mask_refine = mask_refine
+        self.exif = exif
 
     @classmethod
     def from_checkpoint(cls, path, device="auto", bert_model=None, vocab_file=None, fast=True,
-                        mask_threshold=MASK_THRESHOLD, mask_refine="none"):
+                        mask_threshold=MASK_THRESHOLD, mask_refine="none", exif="apply"):
         """Rebuild from a checkpoint alone (ours or an official one; fast: the inference fast path of
         inference.fast_path). bert_model / vocab_file choose the tokenizer of an official checkpoint."""
         overrides = tokenizer_overrides(bert_model, vocab_file)
@@ -78,11 +90,11 @@ class SegVGPredictor:
         if fast:  # the model is ours alone: fold it in place instead of a copy
             prepare_for_inference(model)
         return cls(model, tokenizer, args, resolve_device(device), fast=False, mask_threshold=mask_threshold,
-                   mask_refine=mask_refine)
+                   mask_refine=mask_refine, exif=exif)
 
     @classmethod
     def from_onnx(cls, onnx_path, checkpoint=None, device="auto", bert_model=None, vocab_file=None,
-                  mask_threshold=MASK_THRESHOLD, mask_refine="none"):
+                  mask_threshold=MASK_THRESHOLD, mask_refine="none", exif="apply"):
         """The network of an ONNX export run by ONNX Runtime (inference.onnx_runtime); the configuration and
         tokenizer come from checkpoint when given, else from the export's metadata."""
         from .onnx_runtime import OnnxRuntimeModel
@@ -95,7 +107,8 @@ class SegVGPredictor:
         if checkpoint:
             network.check_matches(args, checkpoint)
         tokenizer = tokenizer_from_checkpoint(source, args, overrides)
-        return cls(network, tokenizer, args, "cpu", fast=False, mask_threshold=mask_threshold, mask_refine=mask_refine)
+        return cls(network, tokenizer, args, "cpu", fast=False, mask_threshold=mask_threshold, mask_refine=mask_refine,
+                   exif=exif)
 
     def encode(self, text):
         if not isinstance(text, str) or not text.strip():
@@ -109,13 +122,13 @@ class SegVGPredictor:
         return encode_text(self.tokenizer, text, self.args.max_query_len)
 
     def prepare_image(self, image):
-        """-> (rgb, canvas sample, placement of the image on the canvas [x1, y1, x2, y2])."""
-        rgb = load_rgb(image)
+        """-> (rgb, canvas sample, placement of the image on the canvas [x1, y1, x2, y2], orientation note)."""
+        rgb, note = load_image(image, self.exif)
         h, w = rgb.shape[:2]
         # Transforming the whole image's box tells where the image lands on the canvas (as eval_placement).
         sample = self.transform({"img": rgb, "box": np.float32([0, 0, w, h]), "text": ""})
         placement = box_convert(sample["target"][None] * self.args.imsize, "cxcywh", "xyxy")[0]
-        return rgb, sample, placement
+        return rgb, sample, placement, note
 
     @torch.inference_mode()
     def predict(self, images, phrases):
@@ -142,13 +155,13 @@ class SegVGPredictor:
         confidence = segmentation_confidence(prob)
         results = []
         for k, slot in enumerate(image_index.tolist()):
-            rgb, _, placement = prepared[slot]
+            rgb, _, placement, note = prepared[slot]
             h, w = rgb.shape[:2]
             box = canvas_to_image(boxes[k:k + 1], placement, (w, h))[0]
             image_mask = canvas_map_to_image(prob[k], placement, (w, h)).numpy()
             result = {"phrase": phrases[k], "box": [round(v, 2) for v in box.tolist()],
                       "score": confidence[k].item(), "mask": image_mask,
-                      "binary_mask": image_mask > self.mask_threshold, "image_size": [w, h]}
+                      "binary_mask": image_mask > self.mask_threshold, "image_size": [w, h], **note}
             if self.mask_refine != "none":
                 result["refined_mask"] = refine_mask(self.mask_refine, rgb, box.tolist(), image_mask,
                                                      self.mask_threshold)

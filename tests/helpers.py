@@ -120,3 +120,26 @@ def noise_image(path, width=150, height=90, seed=0):
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
     return path
+
+
+def oriented_copies(upright, folder, suffix=".jpg", tags=range(1, 9)):
+    """{tag: file} whose pixels are stored turned so that applying EXIF orientation tag `tag` shows `upright`
+    (uint8 [H, W, 3]), and "upright": the image itself without EXIF; JPEG at quality 100 without chroma subsampling,
+    HEIC lossless (pillow-heif), AVIF at quality 100."""
+    from PIL import Image
+
+    from datasets.images import ORIENTATION_TAG, orient
+
+    options = {".jpg": {"quality": 100, "subsampling": 0}, ".heic": {"quality": -1}, ".avif": {"quality": 100}}[suffix]
+    if suffix == ".heic":
+        import pillow_heif
+        pillow_heif.register_heif_opener()
+    files = {"upright": folder / f"upright{suffix}"}
+    Image.fromarray(upright).save(files["upright"], **options)
+    for tag in tags:
+        exif = Image.Exif()
+        exif[ORIENTATION_TAG] = tag
+        files[tag] = folder / f"orientation_{tag}{suffix}"
+        stored = orient(upright, {6: 8, 8: 6}.get(tag, tag))  # 6 and 8 undo each other; the others undo themselves
+        Image.fromarray(stored).save(files[tag], exif=exif.tobytes(), **options)
+    return files

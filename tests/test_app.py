@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import free_port, noise_image, write_tiny_checkpoint
+from helpers import free_port, noise_image, oriented_copies, write_tiny_checkpoint
 from PIL import Image
 
 import predict
@@ -213,6 +213,34 @@ def test_api_through_gradio_client(checkpoint, photo, tmp_path, capsys):
         # Bad input is an answer too, and the server keeps serving.
         _, _, _, status = client.predict(gradio_client.handle_file(str(photo)), "", api_name="/ground")
         assert "No phrase" in status
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+
+
+def test_phone_photos_through_gradio_client(checkpoint, tmp_path, capsys):
+    """A photo stored sideways with its EXIF orientation tag gives, through the app's API, the boxes and image_size of
+    the upright photo (predict.py's), for each of the 8 tags, and the page says what it did."""
+    pytest.importorskip("gradio", reason="the app's requirements: pip install -r requirements-app.txt")
+    gradio_client = pytest.importorskip("gradio_client", reason="the app's requirements: pip install -r "
+                                                                "requirements-app.txt")
+    upright = np.random.default_rng(1).integers(0, 255, (88, 96, 3), dtype=np.uint8)
+    photos = oriented_copies(upright, tmp_path)
+    expected = predict.main(["--checkpoint", str(checkpoint), "--image", str(photos["upright"]), "--phrase",
+                             "the red circle", "--device", "cpu", "--json"])[0]
+    capsys.readouterr()
+    port = free_port()
+    process = start_app(checkpoint, port, tmp_path / "no_demo_data")
+    try:
+        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        for orientation in range(1, 9):
+            _, table, files, status = client.predict(gradio_client.handle_file(str(photos[orientation])),
+                                                     "the red circle", api_name="/ground")
+            assert table["data"][0][1:5] == pytest.approx(expected["box"], abs=1), orientation
+            record = json.loads(Path(files[0]).read_text().splitlines()[0])
+            assert record["image_size"] == [96, 88] and record.get("exif_orientation", 1) == orientation
+            assert (f"EXIF orientation {orientation}: the photo was turned" in status) == (orientation != 1)
     finally:
         process.kill()
         process.wait()

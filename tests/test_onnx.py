@@ -10,7 +10,7 @@ from PIL import Image
 pytest.importorskip("onnxruntime", reason="pip install -r requirements-onnx.txt")
 pytest.importorskip("onnxscript", reason="pip install -r requirements-onnx.txt")
 
-from helpers import write_tiny_checkpoint
+from helpers import oriented_copies, write_tiny_checkpoint
 
 import predict
 from inference import SegVGPredictor
@@ -134,3 +134,19 @@ def test_app_serves_the_onnx_backend(exported, photos):
     assert np.abs(np.subtract(got, expected)).max() <= 0.011
     with pytest.raises(ValueError, match="needs --onnx"):
         app.build_predictor(app.get_args_parser().parse_args(["--backend", "onnxruntime"]))
+
+
+def test_the_onnxruntime_backend_reads_phone_photos_upright(exported, tmp_path, capsys):
+    """Each of the 8 EXIF orientation tags gives the upright photo's box and image_size, as with PyTorch."""
+    checkpoint, path = exported
+    photos = oriented_copies(np.random.default_rng(2).integers(0, 255, (88, 96, 3), dtype=np.uint8), tmp_path)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"image": str(photos[k]), "phrase": "the red circle"}) + "\n"
+                             for k in ["upright", *range(1, 9)]))
+    upright, *tagged = predict.main(["--backend", "onnxruntime", "--onnx", str(path), "--pairs", str(pairs), "--json"])
+    for orientation, result in enumerate(tagged, 1):
+        assert result["box"] == pytest.approx(upright["box"], abs=1) and result["image_size"] == [96, 88]
+        assert result.get("exif_orientation", 1) == orientation
+    stored = predict.main(["--backend", "onnxruntime", "--onnx", str(path), "--pairs", str(pairs), "--exif", "ignore"])
+    assert [r["image_size"] for r in stored[1:]] == [[96, 88]] * 4 + [[88, 96]] * 4
+    capsys.readouterr()

@@ -38,6 +38,15 @@ def add_backend_flags(parser, cpu_only=False):
     parser.add_argument("--onnx", help="with --backend onnxruntime: the .onnx file of tools/export_onnx.py")
 
 
+def add_exif_flag(parser):
+    """--exif of predict.py and app.py."""
+    parser.add_argument("--exif", default="apply", choices=["apply", "ignore"],
+                        help="apply: read each photo as viewers show it, turned as its EXIF orientation tag says "
+                             "(boxes, masks and image_size refer to that); ignore: the pixels as stored; a prediction "
+                             "record says which was used when the tag was not 1 (docs/evaluation.md, \"Photo "
+                             "orientation\")")
+
+
 def model_flags():
     """Names of the flags that define the model (the "model: ..." groups): what a --pretrained checkpoint sets."""
     parser = build_training_parser()
@@ -152,6 +161,10 @@ def _add_data_flags(parser):
     data.add_argument("--data_root", default="data/images", help="image root (docs/data.md has the layout)")
     data.add_argument("--split_root", default="data/split",
                       help="folder holding <dataset>/<dataset>_<split>.pth index files")
+    data.add_argument("--exif", default="apply", choices=["apply", "ignore"],
+                      help="EXIF orientation of your own JSONL datasets' images: apply = boxes and masks refer to the "
+                           "image as viewers (and annotation tools) show it, ignore = to the pixels as stored; the "
+                           "built-in datasets always read the stored pixels, as the original (docs/custom_data.md)")
     data.add_argument("--num_workers", default=4, type=int, help="DataLoader worker processes per process")
     data.add_argument("--cache_data", action="store_true",
                       help="keep decoded images and tokenized expressions in memory after their first use, in "
