@@ -54,6 +54,7 @@ def test_training_parser_reads_flags_files(tmp_path):
     args = train.get_args_parser().parse_args(["@tools/demo_flags.txt", "--seed", "3"])
     assert (args.dataset, args.imsize, args.max_steps, args.cache_data, args.seed) == ("demo", 48, 1100, True, 3)
     assert (args.mask_head, args.mask_head_samples, args.zero_init_residual) == ("fine", 16, True)
+    assert (args.backbone, args.hidden_dim, args.vl_hidden_dim, args.bert_hidden_dim) == ("resnet18", 96, 96, 96)
     flags = tmp_path / "flags.txt"
     flags.write_text("# a comment line\n--imsize 96 --max_query_len 10\n\n   # indented comment\n--lr 3e-4\n")
     later = train.get_args_parser().parse_args([f"@{flags}", "--imsize", "128"])
