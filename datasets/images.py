@@ -7,11 +7,12 @@ annotation tools show), `exif="ignore"` the stored pixels (what the REFER / Refe
 the original). HEIC / HEIF files read through the optional pillow-heif package; their rotation is part of the
 format (libheif always applies it), so they read upright whatever `exif` says.
 """
+import functools
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 EXIF_MODES = ("apply", "ignore")
 ORIENTATION_TAG = 0x0112
@@ -19,7 +20,6 @@ ORIENTATION_TAG = 0x0112
 TRANSPOSING = (5, 6, 7, 8)
 # The ISO base media "ftyp" brands of HEIF still images (AVIF's are read by Pillow itself).
 HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
-_heif = {"registered": None}
 
 
 def orient(rgb, orientation):
@@ -54,17 +54,44 @@ def is_heif(path):
     return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
 
 
+@functools.cache
 def heif_available():
     """Registers pillow-heif's opener with PIL once; False when the package is not installed."""
-    if _heif["registered"] is None:
-        try:
-            import pillow_heif
-        except ImportError:
-            _heif["registered"] = False
-        else:
-            pillow_heif.register_heif_opener()
-            _heif["registered"] = True
-    return _heif["registered"]
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+def open_image(path):
+    """Image.open, with pillow-heif's opener registered the first time a HEIC / HEIF file needs it (only files PIL
+    does not identify are sniffed), and an error naming the package where it is missing."""
+    try:
+        return Image.open(path)
+    except UnidentifiedImageError:
+        if not is_heif(path):
+            raise
+        if not heif_available():
+            raise ValueError("HEIC / HEIF images need the pillow-heif package: pip install pillow-heif (it is in "
+                             "requirements-app.txt), or convert the file to JPEG") from None
+        return Image.open(path)
+
+
+def pil_pixels(image):
+    """A PIL image -> (uint8 [H, W, 3] RGB as decoded, its EXIF orientation, whether the decoder already turned it)."""
+    # np.array: a writable copy (torch warns about read-only arrays)
+    return np.array(image.convert("RGB")), pil_orientation(image), "original_orientation" in image.info
+
+
+def header_orientation(path):
+    """The EXIF orientation of a file OpenCV decoded; 1 for the formats PIL does not read (they carry no EXIF for it)."""
+    try:
+        with Image.open(path) as pil:
+            return pil_orientation(pil)
+    except UnidentifiedImageError:
+        return 1
 
 
 def decode(path, with_orientation=True):
@@ -78,46 +105,34 @@ def decode(path, with_orientation=True):
         raise FileNotFoundError(f"image {path} not found")
     try:
         rgb = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        if rgb is not None:
-            if not with_orientation:
-                return cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB), 1, False
-            with Image.open(path) as pil:
-                return cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB), pil_orientation(pil), False
-        if is_heif(path) and not heif_available():
-            raise ValueError("HEIC / HEIF images need the pillow-heif package: pip install pillow-heif (it is in "
-                             "requirements-app.txt), or convert the file to JPEG")
-        with Image.open(path) as pil:
-            # np.array: a writable copy (torch warns about read-only arrays)
-            return np.array(pil.convert("RGB")), pil_orientation(pil), "original_orientation" in pil.info
+        if rgb is None:
+            with open_image(path) as pil:
+                return pil_pixels(pil)
+        return cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB), header_orientation(path) if with_orientation else 1, False
     except Exception as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
 
 
-def orientation_note(orientation, applied):
-    """What a prediction record says of an image's EXIF orientation: nothing for 1, else the tag and whether the
-    pixels were turned ("apply") or kept as stored ("ignore")."""
-    return {} if orientation == 1 else {"exif_orientation": orientation, "exif": "apply" if applied else "ignore"}
+def oriented(rgb, orientation, turned, exif):
+    """Pixels as decoded -> (pixels as `exif` asks, what a prediction record says of the orientation: nothing for 1,
+    else the tag and whether the pixels were turned ("apply") or kept as stored ("ignore"))."""
+    if exif not in EXIF_MODES:
+        raise ValueError(f"unknown EXIF mode {exif!r}; choose from {', '.join(EXIF_MODES)}")
+    applied = exif == "apply" or turned
+    if applied and not turned:
+        rgb = orient(rgb, orientation)
+    return rgb, {} if orientation == 1 else {"exif_orientation": orientation, "exif": "apply" if applied else "ignore"}
 
 
 def read_image(path, exif="ignore"):
-    """-> (uint8 [H, W, 3] RGB, orientation_note). exif: "apply" turns the pixels as the file's EXIF orientation
-    says (as viewers show the image), "ignore" keeps them as stored."""
-    if exif not in EXIF_MODES:
-        raise ValueError(f"unknown EXIF mode {exif!r}; choose from {', '.join(EXIF_MODES)}")
-    rgb, orientation, turned = decode(path)
-    if exif == "apply" and not turned:
-        rgb = orient(rgb, orientation)
-    return rgb, orientation_note(orientation, exif == "apply" or turned)
+    """-> (uint8 [H, W, 3] RGB, orientation note: see oriented). exif: "apply" turns the pixels as the file's EXIF
+    orientation says (as viewers show the image), "ignore" keeps them as stored."""
+    return oriented(*decode(path), exif)
 
 
 def pil_to_rgb(image, exif="apply"):
-    """A PIL image -> (uint8 [H, W, 3] RGB, orientation_note), its EXIF orientation applied or not as read_image."""
-    orientation = pil_orientation(image)
-    turned = "original_orientation" in image.info
-    rgb = np.array(image.convert("RGB"))  # a writable copy: torch warns about read-only arrays
-    if exif == "apply" and not turned:
-        rgb = orient(rgb, orientation)
-    return rgb, orientation_note(orientation, exif == "apply" or turned)
+    """A PIL image -> (uint8 [H, W, 3] RGB, orientation note), its EXIF orientation applied or not as read_image."""
+    return oriented(*pil_pixels(image), exif)
 
 
 def read_rgb(path, exif="ignore"):
@@ -127,10 +142,10 @@ def read_rgb(path, exif="ignore"):
 
 def image_size(path, exif="ignore"):
     """(width, height) of the image file as read_image gives it, from its header alone."""
-    if is_heif(path) and not heif_available():
-        raise ValueError(f"cannot read image {path}: HEIC / HEIF images need the pillow-heif package: "
-                         f"pip install pillow-heif")
-    with Image.open(path) as pil:
-        width, height = pil.size
-        turned = exif == "apply" and "original_orientation" not in pil.info and pil_orientation(pil) in TRANSPOSING
+    try:
+        with open_image(path) as pil:
+            width, height = pil.size
+            turned = exif == "apply" and "original_orientation" not in pil.info and pil_orientation(pil) in TRANSPOSING
+    except ValueError as err:
+        raise ValueError(f"cannot read image {path}: {err}") from None
     return (height, width) if turned else (width, height)

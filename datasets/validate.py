@@ -131,8 +131,8 @@ def validate_records(dataset, data_root, split_root, splits, out, check_images, 
             problems += [f"{where}: unreadable image {path} ({err}); replace or remove it" for _, where, _, _ in refs]
             continue
         height, width = rgb.shape[:2]
-        for split, _, _, _ in refs:
-            if orientation != 1:
+        if orientation != 1:
+            for split, _, _, _ in refs:
                 tagged[split].add(image)
         swap = orientation in TRANSPOSING and not turned
         sizes = {"ignore": (width, height), "apply": (height, width) if swap else (width, height)}

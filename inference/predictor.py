@@ -32,7 +32,7 @@ from .fast_path import prepare_for_inference
 
 
 def load_image(image, exif="apply"):
-    """A path, PIL image or array -> (uint8 [H, W, 3] RGB, orientation note: datasets.images.orientation_note), with
+    """A path, PIL image or array -> (uint8 [H, W, 3] RGB, orientation note: datasets.images.oriented), with
     an error that says what was wrong. exif: apply or ignore a file's or PIL image's EXIF orientation."""
     if isinstance(image, (str, Path)):
         return read_image(image, exif)
