@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from evaluation.mask_boxes import add_answer_flags
 from evaluation.mask_refine import add_mask_refine_flag
 from models.checkpoint import CheckpointError
 from utils.files import FileWriteError
@@ -34,6 +35,7 @@ def get_args_parser():
     parser.add_argument("--examples", type=int, default=6, help="examples from the demo's test split (0: none)")
     parser.add_argument("--max_queue", type=int, default=64,
                         help="requests that may wait while one is answered; more are told the queue is full")
+    add_answer_flags(parser)
     add_mask_refine_flag(parser)
     add_exif_flag(parser)
     add_tokenizer_flags(parser)
@@ -62,14 +64,16 @@ def demo_examples(data_root, count):
 def build_predictor(opts):
     from inference import SegVGPredictor
 
+    options = {"exif": opts.exif, "presence_threshold": opts.presence_threshold,
+               "boxes_from_mask": opts.boxes_from_mask, "min_component_area": opts.min_component_area}
     if opts.backend == "onnxruntime":
         return SegVGPredictor.from_onnx(opts.onnx, opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file,
-                                        exif=opts.exif)
+                                        **options)
     checkpoint = opts.checkpoint or DEMO_CHECKPOINT
     if not Path(checkpoint).is_file():
         hint = "train the demo first with `bash train.sh`" if opts.checkpoint is None else "check the path"
         raise FileNotFoundError(f"no checkpoint at {checkpoint}: {hint}, or give --checkpoint CKPT")
-    return SegVGPredictor.from_checkpoint(checkpoint, opts.device, opts.bert_model, opts.vocab_file, exif=opts.exif)
+    return SegVGPredictor.from_checkpoint(checkpoint, opts.device, opts.bert_model, opts.vocab_file, **options)
 
 
 def main(argv=None):

@@ -15,6 +15,8 @@ from tqdm import tqdm
 
 from datasets.samplers import ResumableBatchSampler
 from evaluation.box_metrics import prediction_ious, summarize, summarize_by_group
+from evaluation.generalized_metrics import format_generalized
+from evaluation.generalized_results import summarize_generalized_results
 from evaluation.mask_metrics import MAPS, summarize_mask_results
 from evaluation.segmentation_map import canvas_probabilities, segmentation_confidence
 from models.checkpoint import CheckpointError, json_config, load_state_dict_checked, safe_load, tokenizer_info
@@ -174,8 +176,10 @@ def evaluate(model, data_loader, device, amp="off", desc="Eval", mask_scorer=Non
     """Box IoU of every sample of data_loader.dataset, each counted exactly once whatever the world size.
 
     Each rank predicts its shard (datasets.build_eval_loader: by image, each image's CNN once for its expressions);
-    the per-sample results are gathered by dataset index. Returns {index: (IoU, predicted box [cx, cy, w, h], segmentation confidence, mask terms)} on every rank;
-    the mask terms are mask_scorer(index, seg_logits, box)'s (evaluation.mask_metrics.MaskScorer), None without one.
+    the per-sample results are gathered by dataset index. Returns {index: (IoU, predicted box [cx, cy, w, h],
+    segmentation confidence, mask terms, {"present": presence probability or None, "boxes": the mask's component
+    boxes or None})} on every rank; the mask terms and boxes are mask_scorer.score_sample(index, seg_logits, box)'s
+    (evaluation.mask_metrics.MaskScorer), None without one.
     """
     model.eval()
     local = {}
@@ -189,10 +193,13 @@ def evaluate(model, data_loader, device, amp="off", desc="Eval", mask_scorer=Non
         ious = prediction_ious(boxes, batch["target"])
         confidence = segmentation_confidence(canvas_probabilities(outputs["seg_logits"], batch["img"].shape[-1]))
         seg_logits = outputs["seg_logits"].float().cpu() if mask_scorer is not None else None
+        present = outputs.get("presence_logits")
+        present = present.float().sigmoid().tolist() if present is not None else [None] * len(ious)
         for k, (index, iou, box, conf) in enumerate(zip(batch["index"].tolist(), ious.tolist(), boxes.tolist(),
                                                         confidence.tolist())):
-            masks = mask_scorer(index, seg_logits[k], boxes[k].cpu()) if mask_scorer is not None else None
-            local[index] = (iou, box, conf, masks)
+            masks, components = (mask_scorer.score_sample(index, seg_logits[k], boxes[k].cpu())
+                                 if mask_scorer is not None else (None, None))
+            local[index] = (iou, box, conf, masks, {"present": present[k], "boxes": components})
 
     results = {}
     for part in all_gather_object(local):
@@ -207,12 +214,18 @@ def evaluate(model, data_loader, device, amp="off", desc="Eval", mask_scorer=Non
     return results
 
 
-def summarize_results(results, dataset):
+def summarize_results(results, dataset, generalized=None):
     """Acc@0.5, Acc@0.75, mIoU and count, plus "by_type" when the dataset labels its expressions (the demo; "type"
     in JSONL datasets, where unlabelled ones count as "untyped"), "by_dataset" for a mix of datasets (--dataset A,B),
     plus the mask metrics of the three maps ("mask", "pred_box_mask", "gt_box_mask") when the results hold mask
-    terms."""
+    terms. On a dataset with phrases of no target or several (gRefCOCO-like) these count the one-target phrases
+    only, and the GRES / GREC metrics of all phrases join them (evaluation.generalized_metrics; generalized: its
+    options {"args", "presence_threshold", "grec_score_threshold", "grec_match"}, the defaults without)."""
     indices = sorted(results)
+    generalized_stats = None
+    if getattr(dataset, "is_generalized", lambda: False)():
+        generalized_stats = summarize_generalized_results(results, dataset, generalized)
+        indices = [i for i in indices if dataset.n_targets(i) == 1]
     ious = [results[i][0] for i in indices]
     stats = summarize(ious)
     types = None
@@ -229,11 +242,19 @@ def summarize_results(results, dataset):
     masks = [results[i][3] for i in indices]
     if any(m is not None for m in masks):
         stats.update(summarize_mask_results(masks, types))
+    if generalized_stats is not None:
+        stats.update(generalized_stats)
     return stats
 
 
 def selection_score(stats, best_on=""):
-    """What the best checkpoint follows: Acc@0.5; for a mix, the mean of its datasets' (or best_on's alone)."""
+    """What the best checkpoint follows: Acc@0.5; for a mix, the mean of its datasets' (or best_on's alone); on a
+    dataset with no-target or several-target phrases the mean of GRES gIoU and the one-target Acc@0.5 (best_on "accu"
+    or "giou" picks one)."""
+    if "giou" in stats or "grec_pr_f1" in stats:
+        if best_on in ("accu", "giou"):
+            return stats[best_on]
+        return (stats.get("giou", stats.get("grec_pr_f1")) + stats["accu"]) / 2
     by_dataset = stats.get("by_dataset")
     if not by_dataset:
         return stats["accu"]
@@ -249,8 +270,9 @@ MAP_NAMES = {"mask": "model mask", "pred_box_mask": "predicted box", "gt_box_mas
 
 def format_stats(stats):
     """One line for the overall numbers, then one per expression type; then the mask metrics, when there are."""
+    one = " (one-target phrases)" if "by_kind" in stats else ""
     lines = [f"Acc@0.5 {stats['accu']:.4f} | Acc@0.75 {stats['accu@0.75']:.4f} | mIoU {stats['miou']:.4f} "
-             f"| {stats['count']} samples"]
+             f"| {stats['count']} samples{one}"]
     for name, s in [*stats.get("by_dataset", {}).items(), *stats.get("by_type", {}).items()]:
         lines.append(f"  {name:<10} Acc@0.5 {s['accu']:.4f} | Acc@0.75 {s['accu@0.75']:.4f} | mIoU {s['miou']:.4f} "
                      f"| {s['count']} samples")
@@ -263,6 +285,8 @@ def format_stats(stats):
             precisions = " ".join(f"{m[f'prec@{t}']:.3f}" for t in (0.5, 0.6, 0.7, 0.8, 0.9))
             name = MAP_NAMES.get(key, f"{key[:-len('_mask')]} refined")
             lines.append(f"  {name:<17} {m['miou']:.4f} | {m['oiou']:.4f} | {precisions}")
+    if "by_kind" in stats:
+        lines += format_generalized(stats)
     return "\n".join(lines)
 
 

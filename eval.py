@@ -22,6 +22,7 @@ from datasets import build_dataset, build_eval_loader
 from datasets.mixed import dataset_names
 from datasets.records import write_jsonl
 from engine import evaluate, format_stats, summarize_results
+from evaluation.mask_boxes import add_answer_flags
 from evaluation.mask_metrics import MaskScorer
 from evaluation.mask_refine import add_mask_refine_flag
 from evaluation.overlays import write_dataset_overlays
@@ -68,6 +69,14 @@ def get_args_parser():
     masks.add_argument("--save_probabilities", action="store_true",
                        help="with --save_masks: also the probability maps (0-255 PNG) in <output_dir>/probabilities")
     add_mask_refine_flag(masks)
+    generalized = parser.add_argument_group("no target or several (gRefCOCO-like data, --presence_head checkpoints; "
+                                            "docs/generalized.md)")
+    add_answer_flags(generalized)
+    generalized.add_argument("--grec_score_threshold", default=0.7, type=float,
+                             help="GREC: a box is kept when its score is at least this (the official 0.7)")
+    generalized.add_argument("--grec_match", default="giou", choices=["giou", "iou"],
+                             help="GREC: overlap boxes and targets are matched on, at >= 0.5: giou = what the official "
+                                  "code computes, iou = what its name says")
     masks.add_argument("--no_mask_metrics", action="store_true",
                        help="skip the mask metrics even where the dataset has ground-truth masks")
     data = parser.add_argument_group("data (default: the checkpoint's)")
@@ -157,12 +166,19 @@ def main(opts):
 
 
 def format_summary(summary):
-    """One table of every split: Acc@0.5, Acc@0.75, mIoU, count and the model mask's mIoU where there is one."""
-    lines = ["| dataset:split | Acc@0.5 | Acc@0.75 | mIoU | samples | mask mIoU |", "|---|---|---|---|---|---|"]
+    """One table of every split: Acc@0.5, Acc@0.75, mIoU, count and the model mask's mIoU where there is one; with
+    splits of no-target or several-target phrases also GRES gIoU and N-acc / T-acc (Acc@0.5 then of one-target ones)."""
+    generalized = any("by_kind" in stats for stats in summary.values())
+    extra = " gIoU | N-acc | T-acc |" if generalized else ""
+    lines = ["| dataset:split | Acc@0.5 | Acc@0.75 | mIoU | samples | mask mIoU |" + extra,
+             "|---|---|---|---|---|---|" + "---|" * (3 if generalized else 0)]
     for name, stats in summary.items():
         mask = f"{stats['mask']['miou']:.4f}" if "mask" in stats else "-"
-        lines.append(f"| {name} | {stats['accu']:.4f} | {stats['accu@0.75']:.4f} | {stats['miou']:.4f} | "
-                     f"{stats['count']} | {mask} |")
+        row = (f"| {name} | {stats['accu']:.4f} | {stats['accu@0.75']:.4f} | {stats['miou']:.4f} | "
+               f"{stats['count']} | {mask} |")
+        if generalized:
+            row += "".join(f" {stats[k]:.4f} |" if k in stats else " - |" for k in ("giou", "n_acc", "t_acc"))
+        lines.append(row)
     return "\n".join(lines)
 
 
@@ -174,12 +190,13 @@ def evaluate_split(opts, model, tokenizer, args, official, device, split, output
     score = not opts.no_mask_metrics and dataset.has_masks()
     files_dir = output_dir / f"{args.dataset}_{split}" if several else output_dir
     scorer = None
-    if score or opts.save_masks:
+    if score or opts.save_masks or opts.boxes_from_mask:
         scorer = MaskScorer(dataset, args, opts.mask_threshold, score, files_dir if opts.save_masks else None,
-                            opts.save_probabilities, opts.mask_refine)
+                            opts.save_probabilities, opts.mask_refine,
+                            opts.min_component_area if opts.boxes_from_mask else None)
     start = time.time()
     results = evaluate(model, loader, device, opts.amp, desc=f"Eval {args.dataset} {split}", mask_scorer=scorer)
-    stats = summarize_results(results, dataset)
+    stats = summarize_results(results, dataset, generalized_options(opts, args))
     cost = scorer.refine_cost() if scorer is not None else None
     if cost is not None:
         stats["mask_refine"] = cost
@@ -200,6 +217,12 @@ def evaluate_split(opts, model, tokenizer, args, official, device, split, output
     return stats
 
 
+def generalized_options(opts, args):
+    """How summarize_results scores phrases of no target or several."""
+    return {"args": args, "presence_threshold": opts.presence_threshold,
+            "grec_score_threshold": opts.grec_score_threshold, "grec_match": opts.grec_match}
+
+
 def write_outputs(opts, args, split, model, dataset, results, stats, device, output_dir, files_dir, scorer,
                   predictions):
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -210,7 +233,7 @@ def write_outputs(opts, args, split, model, dataset, results, stats, device, out
         f.write(json.dumps(report) + "\n")
     if not (predictions or opts.visualize > 0 or opts.save_masks):
         return
-    records = evaluation_records(results, dataset, args)
+    records = evaluation_records(results, dataset, args, opts.presence_threshold)
     if opts.save_masks:
         for record in records:
             record["mask"] = str(scorer.mask_path(record["index"]))

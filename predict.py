@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from datasets.samplers import ImageBatchSampler
+from evaluation.mask_boxes import add_answer_flags
 from evaluation.mask_refine import add_mask_refine_flag
 from evaluation.predictions import read_pairs
 from evaluation.segmentation_map import MASK_THRESHOLD
@@ -63,6 +64,7 @@ def get_args_parser():
                          help="continue the interrupted run in --output_dir: the inputs it has written are not "
                               "predicted again")
     outputs.add_argument("--json", action="store_true", help="print one prediction record (JSON) per line")
+    add_answer_flags(outputs)
     run = parser.add_argument_group("run")
     run.add_argument("--batch_size", type=int, default=16,
                      help="pairs per forward pass (an image's phrases share one where they fit: its CNN runs once)")
@@ -126,13 +128,14 @@ def check_outputs(opts):
 
 
 def build_predictor(opts):
+    options = {"mask_threshold": opts.mask_threshold, "mask_refine": opts.mask_refine, "exif": opts.exif,
+               "presence_threshold": opts.presence_threshold, "boxes_from_mask": opts.boxes_from_mask,
+               "min_component_area": opts.min_component_area}
     if opts.backend == "onnxruntime":
         return SegVGPredictor.from_onnx(opts.onnx, opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file,
-                                        mask_threshold=opts.mask_threshold, mask_refine=opts.mask_refine,
-                                        exif=opts.exif)
+                                        **options)
     return SegVGPredictor.from_checkpoint(opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file,
-                                          fast=not opts.plain_inference, mask_threshold=opts.mask_threshold,
-                                          mask_refine=opts.mask_refine, exif=opts.exif)
+                                          fast=not opts.plain_inference, **options)
 
 
 def save(opts, pairs, k, rgb, result, overlays):
@@ -175,7 +178,14 @@ def predict_to_screen(opts, predictor, pairs):
             print(json.dumps(record))
         else:
             box = ", ".join(f"{v:.1f}" for v in record["box"])
-            print(f"{record['image']}: \"{record['phrase']}\" -> box [{box}] score {record['score']:.3f}"
+            answer = f"box [{box}] score {record['score']:.3f}"
+            if record.get("found") is False:
+                answer = f"not found (presence {record['present']:.3f})"
+            elif "present" in record:
+                answer += f" presence {record['present']:.3f}"
+            if "boxes" in record and record.get("found", True):
+                answer += f", {len(record['boxes'])} box(es) from the mask"
+            print(f"{record['image']}: \"{record['phrase']}\" -> {answer}"
                   + (f" (overlay {overlays[k]})" if k in overlays else ""))
     return [done[k][0] for k in sorted(done)]
 

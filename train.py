@@ -17,6 +17,7 @@ from datasets import build_loaders, build_subset_loader, build_tokenizer
 from datasets.mixed import dataset_names
 from engine import (LATEST, NonFiniteLossError, TrainingRun, TrainState, evaluate, format_stats, fresh_progress,
                     selection_score, summarize_results, train_one_epoch)
+from evaluation.generalized_results import generalized_scorer
 from models import build_criterion, build_model
 from models.checkpoint import (CheckpointError, apply_pretrained_config, load_detr_weights, load_weights, safe_load,
                                tokenizer_from_checkpoint)
@@ -94,8 +95,18 @@ def curve_validator(model, loader_val, run, args, device):
     def validate(progress, epoch):
         results = evaluate(model, subset_loader, device, args.amp, desc="Val subset")
         run.log_curve({"step": progress["step"], "train_seconds": progress["train_seconds"], "epoch": epoch,
-                       **summarize_results(results, loader_val.dataset)})
+                       **summarize_results(results, loader_val.dataset, {"args": args})})
     return validate
+
+
+def warn_presence_without_negatives(args, dataset):
+    """--presence_head learns "not here" only from phrases with no target: say so once when there are none."""
+    parts = getattr(dataset, "datasets", [dataset])
+    if args.presence_head and not any(getattr(part, "is_generalized", lambda: False)()
+                                      and any(part.n_targets(i) == 0 for i in range(len(part))) for part in parts):
+        print(f"warning: --presence_head, but no training phrase of {args.dataset} has \"boxes\": [] (no target): "
+              f"the head only ever sees phrases that are present and will not learn to say \"not found\" "
+              f"(docs/generalized.md)")
 
 
 def report_mix(args, dataset):
@@ -239,6 +250,8 @@ def train(args, stop, explicit=()):
     if args.eval_every > 0:
         state.validate = curve_validator(model_without_ddp, loader_val, run, args, device)
 
+    val_scorer = generalized_scorer(loader_val.dataset, args)
+    warn_presence_without_negatives(args, loader_train.dataset)
     print("Start training")
     start_time = time.time()
     status, ended = "done", ""
@@ -258,8 +271,8 @@ def train(args, stop, explicit=()):
                              f"to {latest} (continue with --auto_resume or --resume {latest})\n")
             sys.stdout.flush()
             break
-        val_stats = summarize_results(evaluate(model_without_ddp, loader_val, device, args.amp, desc="Val"),
-                                      loader_val.dataset)
+        results = evaluate(model_without_ddp, loader_val, device, args.amp, desc="Val", mask_scorer=val_scorer)
+        val_stats = summarize_results(results, loader_val.dataset, {"args": args})
         print(f"epoch {epoch} validation: {format_stats(val_stats)}")
         if status == "budget" or epoch + 1 == args.epochs:
             ended = end_of_training(args, status, progress)
@@ -280,11 +293,14 @@ def train(args, stop, explicit=()):
 
     if writer is not None:
         writer.close()
-    picked_by = ""
+    picked_by, measure = "", "Acc@0.5"
     if len(dataset_names(args.dataset)) > 1:
         picked_by = f" ({args.best_on}'s val split)" if args.best_on else " (the mean over the datasets' val splits)"
+    if val_scorer is not None or getattr(loader_val.dataset, "is_generalized", lambda: False)():
+        measure = {"accu": "one-target Acc@0.5", "giou": "gIoU"}.get(args.best_on, "score (mean of gIoU and "
+                                                                                   "one-target Acc@0.5)")
     print(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}; "
-          f"best validation Acc@0.5 {progress['best_accu']:.4f}{picked_by}")
+          f"best validation {measure} {progress['best_accu']:.4f}{picked_by}")
     if ended:
         print(f"Training ended: {ended}")
     return status

@@ -8,8 +8,9 @@
     python -m datasets.build_index csv     --csv FILE --dataset NAME --split SPLIT --split_root OUT [--data_root R]
     python -m datasets.build_index odvg    --odvg FILE --dataset NAME --split SPLIT --split_root OUT [--data_root R]
     python -m datasets.build_index jsonl   --dataset unc --split_root DIR --out_dataset NAME [--data_root R]
+    python -m datasets.build_index grefcoco --grefcoco_dir DIR --split_root OUT [--data_root R]
 
-The last three write the JSON-lines format of your own datasets (datasets/convert.py, docs/custom_data.md).
+The last four write the JSON-lines format of your own datasets (datasets/convert.py, docs/custom_data.md).
 
 The rules are those of the generators of BCV-Uniandes/DMS that the published files descend from (docs/data.md):
 one entry per sentence, REFER refs ordered by file_name, the COCO box as stored. Each split is written atomically;
@@ -19,7 +20,6 @@ datasets.validate (index files only).
 import argparse
 import io
 import json
-import pickle
 import re
 import sys
 import xml.etree.ElementTree as ElementTree
@@ -27,9 +27,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from utils.files import atomic_save, atomic_write
+from utils.files import atomic_save, atomic_write, load_plain_pickle
 
 from .convert import CONVERTERS, ConvertError, add_commands, write_and_check
+from .grefcoco import add_grefcoco_command, build_grefcoco
 from .grounding import CATALOG
 from .validate import validate
 
@@ -76,18 +77,10 @@ def read_json(path, source):
         raise BuildError(f"{path} is not valid JSON ({err}); download it again from {SOURCES[source]}") from None
 
 
-class PlainUnpickler(pickle.Unpickler):
-    """REFER's refs are lists of dicts of plain values: no class is ever needed, so none is loaded."""
-
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: REFER refs hold plain data only")
-
-
 def read_refs(path):
     path = require(path, "refer")
     try:
-        with path.open("rb") as f:
-            refs = PlainUnpickler(f).load()
+        refs = load_plain_pickle(path)
     except Exception as err:
         raise BuildError(f"{path} cannot be read as REFER refs ({err}); download it again from "
                          f"{SOURCES['refer']}") from None
@@ -297,11 +290,12 @@ def get_args_parser():
     exclude.add_argument("--refer_root", required=True, help="REFER's data/ folder (refcoco/, refcoco+/, refcocog/)")
     exclude.add_argument("--out", required=True, help="text file: one image id per line")
     add_commands(commands)
+    add_grefcoco_command(commands)
     return parser
 
 
 BUILDERS = {"refer": build_refer, "referit": build_referit, "flickr": build_flickr, "mdetr": build_mdetr,
-            "exclude": build_exclude, **CONVERTERS}
+            "exclude": build_exclude, "grefcoco": build_grefcoco, **CONVERTERS}
 
 
 def main(argv=None):

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from .images import image_size as file_image_size
 from .images import read_rgb
-from .records import RecordError, check_record, index_path, rasterize, read_records, split_files
+from .records import RecordError, check_record, index_path, rasterize, read_records, split_files, targets_of
 from .tokenizer import encode_text
 
 _COCO = {"image_dir": "other/images/mscoco/images/train2014", "box": "xywh", "fields": 5}
@@ -108,7 +108,9 @@ def parse_entry(entry, dataset, float_boxes=False):
         except ValueError as err:
             raise RecordError(f"{where}: {err}") from None
         if not float_boxes:
-            values = [float(int(v)) for v in values]
+            values = values and [float(int(v)) for v in values]
+            if "boxes" in extra:
+                extra["boxes"] = [[float(int(v)) for v in box] for box in extra["boxes"]]
         return file_name, values, phrase, {**extra, "where": where}
     spec = CATALOG[dataset]
     if not isinstance(entry, (tuple, list)) or len(entry) != spec["fields"]:
@@ -224,8 +226,9 @@ class GroundingDataset(Dataset):
         return f"{self.dataset}/{self.split} sample {idx}"
 
     def sample_info(self, idx):
-        """Metadata of sample idx without reading the image: image path, raw phrase, xyxy box, the expression type
-        where the dataset has one (the demo; "type" in JSONL), and for the demo the instance mask (file, label)."""
+        """Metadata of sample idx without reading the image: image path, raw phrase, xyxy box (the union of the
+        targets' for a "boxes" record, None when it has no target, with "boxes" the list), the expression type where
+        the dataset has one (the demo; "type" in JSONL), and for the demo the instance mask (file, label)."""
         file_name, box, phrase, extra = self._parse(idx)
         info = {"image": str(self.image_dir / file_name), "phrase": phrase, "box": box, **extra}
         if "type" in extra:
@@ -249,21 +252,38 @@ class GroundingDataset(Dataset):
         return labels == info["mask_label"]
 
     def has_masks(self):
-        """Whether any sample has a ground-truth mask (the demo's instance masks, "mask" in JSONL records)."""
+        """Whether any sample has a ground-truth mask (the demo's instance masks, "mask" or "masks" in JSONL
+        records)."""
         if self.mask_dir is not None:
             return True
-        return not is_builtin(self.dataset) and any("mask" in record for _, record in self.entries)
+        return not is_builtin(self.dataset) and any("mask" in record or "masks" in record
+                                                    for _, record in self.entries)
+
+    def n_targets(self, idx):
+        """How many objects sample idx's phrase refers to: 0, 1 or several ("boxes" records; 1 for any other)."""
+        if self.parsed is None:
+            return 1
+        return len(self.parsed[idx][3].get("boxes", [None]))
+
+    def is_generalized(self):
+        """Whether some phrase of the split has no target or several (a gRefCOCO-like dataset)."""
+        return self.parsed is not None and any(len(extra.get("boxes", [None])) != 1 for *_, extra in self.parsed)
 
     def gt_mask(self, idx, image_size=None):
-        """Ground-truth mask of sample idx at its image's size, bool [H, W], or None when it has none.
-        image_size: (width, height) when known (saves opening the image)."""
+        """Ground-truth mask of sample idx at its image's size, bool [H, W] (the union of its targets' masks, empty
+        when it has no target), or None when it has none. image_size: (width, height) when known (saves opening the
+        image)."""
         if self.mask_dir is not None:
             return self.instance_mask(idx)
-        info = self.sample_info(idx)
-        if "mask" not in info:
+        file_name, box, _, extra = self._parse(idx)
+        boxes, masks = targets_of(box, extra)
+        if masks is None and boxes:
             return None
         width, height = image_size or self.image_size(idx)
-        return rasterize(info["mask"], height, width)
+        union = np.zeros((height, width), bool)
+        for mask in masks or []:
+            union |= rasterize(mask, height, width)
+        return union
 
     def image_size(self, idx):
         """(width, height) of sample idx's image in the orientation its boxes refer to, from the file's header."""
@@ -298,8 +318,12 @@ class GroundingDataset(Dataset):
         return self.cache["texts"][text]
 
     def __getitem__(self, idx):
-        file_name, box, phrase, _ = self._parse(idx)
-        sample = {"img": self._read(idx, file_name), "box": np.float32(box), "text": phrase.lower()}
+        file_name, box, phrase, extra = self._parse(idx)
+        boxes = extra.get("boxes", [box])
+        # A phrase with no target carries an empty box, one with several the union box and each target's box.
+        sample = {"img": self._read(idx, file_name), "box": np.float32(box or [0, 0, 0, 0]), "text": phrase.lower()}
+        if len(boxes) != 1:
+            sample["boxes"] = np.float32(boxes).reshape(-1, 4)
         mask = None
         if self.with_masks:
             height, width = sample["img"].shape[:2]
@@ -314,6 +338,7 @@ class GroundingDataset(Dataset):
         out["text_ids"] = torch.tensor(ids, dtype=torch.long)
         out["text_mask"] = torch.tensor(mask, dtype=torch.long)
         out["index"] = idx
+        out["n_targets"] = len(boxes)
         if self.augment_seed is None:  # evaluation batches send each image once (datasets.loaders.collate_by_image)
             out["image_id"] = self.image_id(idx)
         if self.with_masks:

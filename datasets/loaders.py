@@ -59,11 +59,14 @@ def build_single_dataset(split, args, tokenizer=None, augment=None):
 
 def collate_fn(batch, skip=()):
     """List of samples -> dict of stacked tensors: img [B,3,S,S] float, img_mask [B,S,S] bool, image_rect [B,4]
-    long, text_ids/text_mask [B,L] long, target [B,4] float, pos_region [B,S,S] bool, index [B] long; and from a
+    long, text_ids/text_mask [B,L] long, target [B,4] float, pos_region [B,S,S] bool, index [B] long, n_targets [B]
+    long (the phrase's number of targets: 0, 1 or several); and from a
     dataset with masks gt_mask [B,S,S] bool, has_mask [B] bool. skip: keys left out."""
     out = {key: torch.stack([sample[key] for sample in batch]) for key in BATCH_KEYS
            if key != "index" and key not in skip}
     out["index"] = torch.tensor([sample["index"] for sample in batch], dtype=torch.long)
+    if "n_targets" in batch[0]:
+        out["n_targets"] = torch.tensor([sample["n_targets"] for sample in batch], dtype=torch.long)
     if "gt_mask" in batch[0]:
         out["gt_mask"] = torch.stack([sample["gt_mask"] for sample in batch])
         out["has_mask"] = torch.tensor([sample["has_mask"] for sample in batch], dtype=torch.bool)

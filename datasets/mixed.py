@@ -16,7 +16,7 @@ from .records import split_files
 
 # Datasets that draw their images from one collection: an image of one may be an image of another.
 SOURCES = {"unc": "coco", "unc+": "coco", "gref": "coco", "gref_umd": "coco", "referit": "saiapr", "flickr": "flickr",
-           "demo": "demo"}
+           "demo": "demo", "grefcoco": "coco"}
 COCO_ID = re.compile(r"COCO_[a-z]+\d{4}_0*(\d+)\.\w+$")
 TRAINING_SPLITS = {"train", "trainval"}
 
@@ -69,11 +69,13 @@ def evaluation_images(split_root, source):
             if split not in TRAINING_SPLITS and path.is_file():
                 for entry in load_index(path, dataset):
                     held.setdefault(image_key(parse_entry(entry, dataset)[0]), f"{dataset}/{split}")
-    if source not in SOURCES.values():  # a JSONL dataset is its own source
-        for split, path in split_files(Path(split_root), source).items():
+    # JSONL datasets: one of a known source (gRefCOCO, written by datasets.build_index), or its own source.
+    jsonl = [name for name, own in SOURCES.items() if own == source and name not in CATALOG]
+    for dataset in jsonl if source in SOURCES.values() else [source]:
+        for split, path in split_files(Path(split_root), dataset).items():
             if split not in TRAINING_SPLITS:
-                for where, record in load_index(path, source):
-                    held.setdefault(image_key(record["image"]), f"{source}/{split}")
+                for where, record in load_index(path, dataset):
+                    held.setdefault(image_key(record["image"]), f"{dataset}/{split}")
     return held
 
 
@@ -119,6 +121,13 @@ class MixedDataset(ConcatDataset):
 
     def has_masks(self):
         return any(d.has_masks() for d in self.datasets)
+
+    def n_targets(self, idx):
+        dataset, local = self.part(idx)
+        return dataset.n_targets(local)
+
+    def is_generalized(self):
+        return any(d.is_generalized() for d in self.datasets)
 
     def gt_mask(self, idx, image_size=None):
         dataset, local = self.part(idx)

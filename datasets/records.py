@@ -3,8 +3,9 @@
 <split_root>/NAME/NAME_<split>.jsonl holds one JSON object per line:
     {"image": "relative/path.jpg", "phrase": "the mug left of the laptop", "box": [x1, y1, x2, y2]}
 with optional "id", "type" (metrics are also reported per type) and "mask" (COCO polygons [[x, y, ...], ...] or an
-RLE {"size": [h, w], "counts": ...}). Image paths are relative to --data_root; boxes are in the stored image's pixels.
-Every problem is reported as `file:line: what is wrong (what to do)`.
+RLE {"size": [h, w], "counts": ...}). A phrase with zero, one or several targets gives "boxes": [[x1, y1, x2, y2], ...]
+in place of "box" ([] for none), with an optional "masks" list aligned with it. Image paths are relative to
+--data_root. Every problem is reported as `file:line: what is wrong (what to do)`.
 """
 import json
 import math
@@ -14,8 +15,9 @@ from pycocotools import mask as coco_mask
 
 from utils.files import atomic_write
 
-REQUIRED = ("image", "phrase", "box")
-OPTIONAL = ("id", "type", "mask")
+REQUIRED = ("image", "phrase")
+# A phrase's kind by its number of targets (zero, one, several), as the generalized metrics group phrases.
+KINDS = ("none", "one", "several")
 
 
 class RecordError(ValueError):
@@ -56,26 +58,29 @@ def read_records(path, problems=None):
 
 def check_record(record):
     """-> (image, [x1, y1, x2, y2] floats, phrase, extra) of a valid record; ValueError with what is wrong and what to
-    do otherwise. What needs the image (the box and mask inside it, the RLE's size) is check_against_image's."""
+    do otherwise. A "boxes" record gives the union of its boxes as the box (None when it has no target) and extra
+    "boxes" (and "masks"). What needs the image (boxes and masks inside it, an RLE's size) is check_against_image's."""
     if not isinstance(record, dict):
-        raise ValueError(f"expected a JSON object with {', '.join(REQUIRED)}, got {type(record).__name__} (write one "
-                         f"object per line)")
+        raise ValueError(f"expected a JSON object with \"image\", \"phrase\" and \"box\" (or \"boxes\"), got "
+                         f"{type(record).__name__} (write one object per line)")
     missing = [key for key in REQUIRED if key not in record]
+    if "box" not in record and "boxes" not in record:
+        missing.append("box")
     if missing:
         raise ValueError(f"missing key {', '.join(repr(k) for k in missing)} (every line needs \"image\", "
-                         f"\"phrase\" and \"box\")")
-    image, phrase, box = record["image"], record["phrase"], record["box"]
+                         f"\"phrase\" and \"box\", or \"boxes\" for zero or several targets)")
+    if "box" in record and "boxes" in record:
+        raise ValueError("both \"box\" and \"boxes\" (keep \"box\" for one target, or \"boxes\" for zero, one or "
+                         "several)")
+    if "masks" in record and "boxes" not in record:
+        raise ValueError("\"masks\" goes with \"boxes\" (with \"box\" give one \"mask\")")
+    if "mask" in record and "boxes" in record:
+        raise ValueError("\"mask\" goes with \"box\" (with \"boxes\" give \"masks\", one per box)")
+    image, phrase = record["image"], record["phrase"]
     if not isinstance(image, str) or not image.strip():
         raise ValueError(f"\"image\" must be a non-empty path relative to --data_root, got {image!r}")
     if not isinstance(phrase, str) or not phrase.strip():
         raise ValueError("empty phrase (give the expression that refers to the object, or remove the line)")
-    if (not isinstance(box, list) or len(box) != 4
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
-        raise ValueError(f"box must be four numbers [x1, y1, x2, y2], got {json.dumps(box)[:80]}")
-    box = [float(v) for v in box]
-    if box[2] <= box[0] or box[3] <= box[1]:
-        raise ValueError(f"degenerate box {box} (x2 must exceed x1 and y2 exceed y1; boxes are [x1, y1, x2, y2], "
-                         f"not [x, y, w, h])")
     extra = {}
     if "type" in record:
         if not isinstance(record["type"], str) or not record["type"]:
@@ -83,10 +88,62 @@ def check_record(record):
         extra["type"] = record["type"]
     if "id" in record:
         extra["id"] = record["id"]
-    if "mask" in record:
-        check_mask(record["mask"])
-        extra["mask"] = record["mask"]
-    return image, box, phrase, extra
+    if "box" in record:
+        box = check_box(record["box"], "box")
+        if "mask" in record:
+            check_mask(record["mask"])
+            extra["mask"] = record["mask"]
+        return image, box, phrase, extra
+    boxes = record["boxes"]
+    if not isinstance(boxes, list):
+        raise ValueError(f"\"boxes\" must be a list of [x1, y1, x2, y2] ([] when nothing in the image is meant), got "
+                         f"{json.dumps(boxes)[:80]}")
+    extra["boxes"] = [check_box(b, f"boxes[{k}]") for k, b in enumerate(boxes)]
+    if "masks" in record:
+        masks = record["masks"]
+        if not boxes and masks:
+            raise ValueError("a record with no target (\"boxes\": []) has no mask (remove \"masks\")")
+        if not isinstance(masks, list) or len(masks) != len(boxes):
+            count = len(masks) if isinstance(masks, list) else type(masks).__name__
+            raise ValueError(f"\"masks\" has {count} entries for {len(boxes)} boxes (give one mask per box, in the "
+                             f"same order)")
+        for k, mask in enumerate(masks):
+            try:
+                check_mask(mask)
+            except ValueError as err:
+                raise ValueError(f"masks[{k}]: {err}") from None
+        extra["masks"] = masks
+    return image, union_box(extra["boxes"]), phrase, extra
+
+
+def check_box(box, name):
+    """[x1, y1, x2, y2] as floats, or ValueError naming the field."""
+    if (not isinstance(box, list) or len(box) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+        raise ValueError(f"{name} must be four numbers [x1, y1, x2, y2], got {json.dumps(box)[:80]}")
+    box = [float(v) for v in box]
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise ValueError(f"degenerate {name} {box} (x2 must exceed x1 and y2 exceed y1; boxes are [x1, y1, x2, y2], "
+                         f"not [x, y, w, h])")
+    return box
+
+
+def union_box(boxes):
+    """The smallest box around all of `boxes`, None for none."""
+    if not boxes:
+        return None
+    return [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
+
+
+def target_kind(count):
+    return KINDS[min(count, 2)]
+
+
+def targets_of(box, extra):
+    """(boxes, masks or None) of a checked record: one target for "box", the list for "boxes"."""
+    if "boxes" in extra:
+        return extra["boxes"], extra.get("masks")
+    return [box], [extra["mask"]] if "mask" in extra else None
 
 
 def check_mask(mask):

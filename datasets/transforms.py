@@ -1,7 +1,8 @@
 """Augmentations of the original SegVG/TransVG pipeline on numpy images (docs/original.md, "Augmentation" and
 "Evaluation transform").
 
-A sample is a dict {"img": uint8 [H, W, 3] RGB, "box": float32 [4] xyxy in image pixels, "text": str}, and with
+A sample is a dict {"img": uint8 [H, W, 3] RGB, "box": float32 [4] xyxy in image pixels, "text": str}; a phrase with
+no target or several also has "boxes": float32 [K, 4], each target's box ("box" is then their union, or zeros); with
 mask supervision "mask": uint8 [H, W], the object's true mask as 0 / 255, resampled as the image is and cut at one
 half only on the canvas. Every transform keeps the box and the mask on the same
 pixels as the image; NormalizeAndPad ends the pipeline and
@@ -73,13 +74,16 @@ class RandomResize:
         new_w, new_h = max(1, round(w * ratio)), max(1, round(h * ratio))
         sample["img"] = resize(img, new_w, new_h)
         sample["box"] = sample["box"] * np.float32(ratio)
+        if "boxes" in sample:
+            sample["boxes"] = sample["boxes"] * np.float32(ratio)
         if "mask" in sample:
             sample["mask"] = resize(sample["mask"], new_w, new_h)
         return sample
 
 
 class RandomSizeCrop:
-    """Up to `max_try` random crops; the first one keeping IoU >= 0.5 with the box is taken (VLTVG)."""
+    """Up to `max_try` random crops; the first one keeping IoU >= 0.5 with the box is taken (VLTVG), and with several
+    targets half of each target's box too. A phrase with no target is not cropped (nothing to keep)."""
 
     def __init__(self, min_size, max_size, max_try=20):
         self.min_size = min_size
@@ -95,15 +99,26 @@ class RandomSizeCrop:
             h = random.randint(self.min_size, min(img_h, self.max_size))
             top = random.randint(0, img_h - h)
             left = random.randint(0, img_w - w)
-            crop_box = np.clip(box - np.float32([left, top, left, top]), 0, np.float32([w, h, w, h]))
+            shift, limit = np.float32([left, top, left, top]), np.float32([w, h, w, h])
+            crop_box = np.clip(box - shift, 0, limit)
             # The clipped box lies inside the original one, so IoU = clipped area / original area.
             if area > 0 and (crop_box[2] - crop_box[0]) * (crop_box[3] - crop_box[1]) >= 0.5 * area:
+                if "boxes" in sample:
+                    boxes = np.clip(sample["boxes"] - shift, 0, limit)
+                    if not (box_areas(boxes) >= 0.5 * box_areas(sample["boxes"])).all():
+                        continue
+                    sample["boxes"] = boxes
                 sample["img"] = img[top:top + h, left:left + w]
                 sample["box"] = crop_box
                 if "mask" in sample:
                     sample["mask"] = sample["mask"][top:top + h, left:left + w]
                 return sample
         return sample
+
+
+def box_areas(boxes):
+    """[K, 4] x1, y1, x2, y2 -> [K]"""
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
 class RandomSelect:
@@ -187,6 +202,9 @@ class RandomHorizontalFlip:
             x1, y1, x2, y2 = sample["box"]
             sample["img"] = cv2.flip(sample["img"], 1)
             sample["box"] = np.float32([w - x2, y1, w - x1, y2])
+            if "boxes" in sample:
+                boxes = sample["boxes"]
+                sample["boxes"] = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=1)
             if "mask" in sample:
                 sample["mask"] = sample["mask"][:, ::-1]
             sample["text"] = swap_left_right(sample["text"], self.text_mode)
@@ -199,7 +217,8 @@ class NormalizeAndPad:
     Returns img [3,S,S] float, img_mask [S,S] bool (True = padding, only with mask_padding; the original
     marks none), image_rect [4] long (x1, y1, x2, y2: where the image lies on the canvas, padding or not),
     target [4] normalised cx,cy,w,h on the canvas, pos_region [S,S] bool (the truncated integer box filled,
-    docs/original.md, "Loss"), the text, and gt_mask [S,S] bool when the sample has a "mask".
+    docs/original.md, "Loss"; with "boxes", each of them filled: empty for no target), the text, and gt_mask [S,S]
+    bool when the sample has a "mask".
     """
 
     def __init__(self, size, translate=False, mask_padding=False):
@@ -235,11 +254,13 @@ class NormalizeAndPad:
             img_mask[:] = True
             img_mask[top:top + h, left:left + w] = False
 
-        x1, y1, x2, y2 = (float(v) for v in sample["box"] + np.float32([left, top, left, top]))
-        # int() truncates like the original; clamping only matters for boxes outside the image.
-        c1, r1, c2, r2 = (min(max(int(v), 0), size) for v in (x1, y1, x2, y2))
+        offset = np.float32([left, top, left, top])
+        x1, y1, x2, y2 = (float(v) for v in sample["box"] + offset)
         pos_region = np.zeros((size, size), bool)
-        pos_region[r1:r2, c1:c2] = True
+        for box in (sample["boxes"] + offset).tolist() if "boxes" in sample else [(x1, y1, x2, y2)]:
+            # int() truncates like the original; clamping only matters for boxes outside the image.
+            c1, r1, c2, r2 = (min(max(int(v), 0), size) for v in box)
+            pos_region[r1:r2, c1:c2] = True
 
         target = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dtype=torch.float32) / size
         out = {"img": torch.from_numpy(canvas), "img_mask": torch.from_numpy(img_mask),

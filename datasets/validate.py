@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .grounding import CATALOG, EXPECTED_SIZES, how_to_get, image_dir, index_files, is_builtin, load_index, parse_entry
 from .images import TRANSPOSING, decode, read_rgb
-from .records import check_against_image, check_record, read_records, split_files
+from .records import KINDS, check_against_image, check_record, read_records, split_files, target_kind, targets_of
 
 
 def validate(dataset, data_root, split_root, splits=None, out=None, check_images=True, exif="apply"):
@@ -103,43 +103,50 @@ def validate_records(dataset, data_root, split_root, splits, out, check_images, 
         files = {s: p for s, p in files.items() if s in splits}
     elif not files:
         problems.append(f"no {dataset}_<split>.jsonl file in {folder}. {how_to_get(dataset)}")
-    uses = defaultdict(list)  # image -> [(split, where, box, mask)]
+    uses = defaultdict(list)  # image -> [(split, where, [(box, mask)])]
     for split, path in files.items():
         records = read_records(path, problems)
-        valid = 0
+        kinds = defaultdict(int)
         for where, record in records:
             try:
                 image, box, _, extra = check_record(record)
             except ValueError as err:
                 problems.append(f"{where}: {err}")
                 continue
-            valid += 1
+            boxes, masks = targets_of(box, extra)
+            kinds[target_kind(len(boxes))] += 1
             if check_images:
-                uses[image].append((split, where, box, extra.get("mask")))
-        print(f"  {split:<10}{valid:>10} valid records of {len(records)}", file=out)
+                uses[image].append((split, where, list(zip(boxes, masks or [None] * len(boxes)))))
+        valid = sum(kinds.values())
+        generalized = (f" (targets: {', '.join(f'{kinds[k]} {k}' for k in KINDS)})" if kinds["one"] != valid
+                       else "")
+        print(f"  {split:<10}{valid:>10} valid records of {len(records)}{generalized}", file=out)
     root = Path(data_root or ".")
     tagged = defaultdict(set)  # split -> its images whose EXIF orientation is not 1
     for image, refs in tqdm(sorted(uses.items()), desc="images", unit="img", disable=not uses):
         path = root / image
         if not path.is_file():
             problems += [f"{where}: image {path} not found (image paths are relative to --data_root)"
-                         for _, where, _, _ in refs]
+                         for _, where, _ in refs]
             continue
         try:
             rgb, orientation, turned = decode(path)  # turned: a HEIC file, upright whatever --exif says
         except Exception as err:
-            problems += [f"{where}: unreadable image {path} ({err}); replace or remove it" for _, where, _, _ in refs]
+            problems += [f"{where}: unreadable image {path} ({err}); replace or remove it" for _, where, _ in refs]
             continue
         height, width = rgb.shape[:2]
         if orientation != 1:
-            for split, _, _, _ in refs:
+            for split, _, _ in refs:
                 tagged[split].add(image)
         swap = orientation in TRANSPOSING and not turned
         sizes = {"ignore": (width, height), "apply": (height, width) if swap else (width, height)}
         other = "ignore" if exif == "apply" else "apply"
-        for _, where, box, mask in refs:
-            wrong = check_against_image(box, mask, *sizes[exif], CONVENTIONS[exif])
-            if wrong and sizes[other] != sizes[exif] and not check_against_image(box, mask, *sizes[other]):
+        for _, where, targets in refs:
+            wrong, box = next(((w, b) for b, m in targets if (w := check_against_image(b, m, *sizes[exif],
+                                                                                       CONVENTIONS[exif]))),
+                              (None, None))
+            if wrong and sizes[other] != sizes[exif] and not any(check_against_image(b, m, *sizes[other])
+                                                                 for b, m in targets):
                 wrong = (f"box {box} lies outside the {sizes[exif][0]}x{sizes[exif][1]} image ({CONVENTIONS[exif]}) "
                          f"but inside it in the other orientation ({sizes[other][0]}x{sizes[other][1]}, EXIF "
                          f"orientation {orientation}): were its boxes drawn on the image "

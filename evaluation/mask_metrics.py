@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from datasets.transforms import canvas_map_to_image, canvas_to_image, eval_placement
+from evaluation.mask_boxes import boxes_from_mask
 from evaluation.mask_refine import refine_mask
 from evaluation.segmentation_map import canvas_probabilities
 
@@ -22,7 +23,9 @@ PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def box_mask(box, height, width):
-    """A box x1, y1, x2, y2 filled: the pixels whose centre lies inside it, bool [height, width]."""
+    """A box x1, y1, x2, y2 filled: the pixels whose centre lies inside it, bool [height, width]; None: no pixel."""
+    if box is None:
+        return np.zeros((height, width), bool)
     x1, y1, x2, y2 = (float(v) for v in box)
     xs = np.arange(width) + 0.5
     ys = np.arange(height) + 0.5
@@ -68,9 +71,12 @@ class MaskScorer:
     `threshold`; its three masks scored against the ground-truth mask at the image's resolution (when the sample has
     one and `score`), and with save_dir the binary mask written as <save_dir>/masks/<index>.png (and the probability
     map, 0-255, as <save_dir>/probabilities/<index>.png with save_probabilities). refine: a evaluation.mask_refine method
-    whose mask is scored (and saved, to <save_dir>/masks_<method>) beside the model's; its seconds are counted."""
+    whose mask is scored (and saved, to <save_dir>/masks_<method>) beside the model's; its seconds are counted.
+    component_area: not None, the mask's connected components of at least this fraction of the image are also read
+    as scored boxes (evaluation.mask_boxes)."""
 
-    def __init__(self, dataset, args, threshold, score=True, save_dir=None, save_probabilities=False, refine="none"):
+    def __init__(self, dataset, args, threshold, score=True, save_dir=None, save_probabilities=False, refine="none",
+                 component_area=None):
         self.dataset = dataset
         self.args = args
         self.threshold = threshold
@@ -81,15 +87,20 @@ class MaskScorer:
         self.refine_seconds = 0.0
         self.refined = 0
         self.placements = {}
+        self.component_area = component_area
 
     def mask_path(self, index, kind="masks"):
         return self.save_dir / kind / f"{index:06d}.png"
 
     def __call__(self, index, seg_logits, box_cxcywh):
         """seg_logits [g, g], box_cxcywh [4] on the canvas -> {map name: (intersection, union)} or None."""
+        return self.score_sample(index, seg_logits, box_cxcywh)[0]
+
+    def score_sample(self, index, seg_logits, box_cxcywh):
+        """-> (__call__'s terms, the mask's component boxes [[x1, y1, x2, y2, score]] or None)."""
         gt = self.dataset.gt_mask(index) if self.score else None
-        if gt is None and self.save_dir is None:
-            return None
+        if gt is None and self.save_dir is None and self.component_area is None:
+            return None, None
         if gt is not None:
             height, width = gt.shape
         else:
@@ -100,6 +111,8 @@ class MaskScorer:
         prob = canvas_probabilities(seg_logits[None].float(), self.args.imsize)[0]
         prob = canvas_map_to_image(prob, placement, (width, height)).numpy()
         model = prob > self.threshold
+        components = None if self.component_area is None else boxes_from_mask(prob, self.threshold,
+                                                                              self.component_area)
         cx, cy, w, h = box_cxcywh.tolist()
         canvas_box = torch.tensor([[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]]).clamp(0, 1) * self.args.imsize
         pred_box = canvas_to_image(canvas_box, placement, (width, height))[0]
@@ -116,14 +129,17 @@ class MaskScorer:
             if refined is not None:
                 save_png(refined.astype(np.uint8) * 255, self.mask_path(index, f"masks_{self.refine}"))
         if gt is None:
-            return None
+            return None, components
         info = self.dataset.sample_info(index)
+        gt_boxes = np.zeros((height, width), bool)
+        for box in info.get("boxes", [info["box"]]):
+            gt_boxes |= box_mask(box, height, width)
         terms = {"mask": intersection_union(model, gt),
                  "pred_box_mask": intersection_union(box_mask(pred_box, height, width), gt),
-                 "gt_box_mask": intersection_union(box_mask(info["box"], height, width), gt)}
+                 "gt_box_mask": intersection_union(gt_boxes, gt)}
         if refined is not None:
             terms[f"{self.refine}_mask"] = intersection_union(refined, gt)
-        return terms
+        return terms, components
 
     def refine_cost(self):
         """{"method", "ms_per_expression", "count"} of the refinement in this process, or None without one."""

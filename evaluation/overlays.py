@@ -54,14 +54,19 @@ PHRASE_COLOURS = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), 
                   (204, 121, 167), (255, 255, 255)]
 
 
-def draw_groundings(image, boxes, masks, labels, min_width=480):
+def draw_groundings(image, boxes, masks, labels, min_width=480, colour_ids=None):
     """Several phrases on one image, each in its own colour: image uint8 [H, W, 3] RGB; boxes xyxy in its pixels;
-    masks: bool [H, W] per box, or None to leave them out; labels: the text above each box. Small images are
-    enlarged by a whole factor (nearest neighbour), as in draw_overlay. Returns a PIL image."""
+    masks: bool [H, W] per box (None for a box whose mask is drawn with another), or None to leave them out; labels:
+    the text above each box; colour_ids: the colour of each box (default: one per box; a phrase answered with several
+    boxes gives them its own). Small images are enlarged by a whole factor (nearest neighbour), as in draw_overlay.
+    Returns a PIL image."""
     zoom = max(1, math.ceil(min_width / image.shape[1]))
     canvas = image.repeat(zoom, axis=0).repeat(zoom, axis=1).astype(np.float32)
-    colours = [PHRASE_COLOURS[k % len(PHRASE_COLOURS)] for k in range(len(boxes))]
+    colour_ids = range(len(boxes)) if colour_ids is None else colour_ids
+    colours = [PHRASE_COLOURS[k % len(PHRASE_COLOURS)] for k in colour_ids]
     for mask, colour in zip(masks or [], colours):
+        if mask is None:
+            continue
         region = np.asarray(mask, bool).repeat(zoom, axis=0).repeat(zoom, axis=1)
         canvas[region] = 0.55 * canvas[region] + 0.45 * np.float32(colour)
     img = Image.fromarray(canvas.round().astype(np.uint8))

@@ -44,30 +44,46 @@ def read_pairs(path):
     return pairs
 
 
-def evaluation_records(results, dataset, args):
-    """engine.evaluate's {index: (IoU, canvas box cx,cy,w,h, score)} -> prediction records in the images' pixels,
-    ordered by dataset index, with the ground truth, the index and the expression type where known."""
+def image_box(dataset, index, box, args, placements=None):
+    """A canvas box cx, cy, w, h (normalised) of sample index -> [x1, y1, x2, y2] in its image's pixels."""
+    size = dataset.image_size(index)
+    placements = {} if placements is None else placements
+    if size not in placements:
+        placements[size] = eval_placement(*size, args)
+    canvas_box = box_convert(torch.tensor([box]), "cxcywh", "xyxy").clamp(0, 1) * args.imsize
+    return canvas_to_image(canvas_box, placements[size], size)[0].tolist()
+
+
+def evaluation_records(results, dataset, args, presence_threshold=0.5):
+    """engine.evaluate's {index: (IoU, canvas box cx,cy,w,h, score, ...)} -> prediction records in the images' pixels,
+    ordered by dataset index, with the ground truth, the index and the expression type where known; with a presence
+    head "present" and "found" (present >= presence_threshold), with --boxes_from_mask "boxes"."""
     placements = {}
     records = []
     for index in sorted(results):
         iou, box, score = results[index][:3]
         info = dataset.sample_info(index)
-        size = dataset.image_size(index)
-        if size not in placements:
-            placements[size] = eval_placement(*size, args)
-        canvas_box = box_convert(torch.tensor([box]), "cxcywh", "xyxy").clamp(0, 1) * args.imsize
-        pred = canvas_to_image(canvas_box, placements[size], size)[0]
+        pred = image_box(dataset, index, box, args, placements)
         extra = {"index": index}
         if "expr_type" in info:
             extra["type"] = info["expr_type"]
-        records.append(prediction_record(info["image"], info["phrase"], pred.tolist(), score, info["box"], iou,
-                                         **extra))
+        generalized = results[index][4] if len(results[index]) > 4 else {}
+        if generalized.get("present") is not None:
+            extra.update(present=round(generalized["present"], 4),
+                         found=generalized["present"] >= presence_threshold)
+        if generalized.get("boxes") is not None:
+            extra["boxes"] = generalized["boxes"]
+        if "boxes" in info:
+            extra["gt_boxes"] = info["boxes"]
+            iou = iou if len(info["boxes"]) == 1 else None
+        records.append(prediction_record(info["image"], info["phrase"], pred, score, info["box"], iou, **extra))
     return records
 
 
 def worst_and_best(records, count):
-    """The count // 2 records of lowest IoU and the rest of highest (all when there are fewer)."""
-    ranked = sorted(records, key=lambda r: r["iou"])
+    """The count // 2 records of lowest IoU and the rest of highest (all when there are fewer); records without an
+    IoU (no target, several) are left out."""
+    ranked = sorted((r for r in records if "iou" in r), key=lambda r: r["iou"])
     if count >= len(ranked):
         return ranked
     return ranked[:count // 2] + ranked[len(ranked) - (count - count // 2):]

@@ -11,6 +11,7 @@ from PIL import Image
 
 from datasets.images import read_image
 from datasets.records import write_jsonl
+from evaluation.mask_boxes import boxes_from_mask
 from evaluation.mask_metrics import save_png
 from evaluation.mask_refine import refine_mask
 from evaluation.overlays import draw_groundings
@@ -79,6 +80,8 @@ def predict_with_notes(predictor, rgb, phrases):
 def ground(predictor, image_path, text, mask_threshold, show_masks, out_dir, mask_refine="none"):
     """Answers one request; files (the mask PNGs, predictions.jsonl) go to out_dir, a new folder per request.
     mask_refine: "grabcut" draws and saves the refined mask (evaluation.mask_refine) instead of the model's.
+    A phrase the presence head answers "not found" is drawn nowhere and said in the notes; a phrase answered with the
+    mask's boxes (boxes_from_mask) gets each of them, in its colour.
     Returns {"image": PIL drawing, "rows": table rows, "files": paths, "notes": lines, "records": records,
     "seconds": the model's time}."""
     if not 0 <= mask_threshold <= 1:
@@ -87,27 +90,40 @@ def ground(predictor, image_path, text, mask_threshold, show_masks, out_dir, mas
     phrases = read_phrases(text)
     start = time.perf_counter()
     results, predict_notes = predict_with_notes(predictor, rgb, phrases)
-    if mask_refine != "none":
-        for result in results:
+    for result in results:
+        if mask_refine != "none":
             result["mask"] = refine_mask(mask_refine, rgb, result["box"], result["mask"], mask_threshold)
+        if "boxes" in result:  # read off the mask as the page cuts it
+            result["boxes"] = boxes_from_mask(result["mask"], mask_threshold, predictor.component_area)
     seconds = time.perf_counter() - start
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     image_name = Path(image_path).name
-    masks, rows, records, files = [], [], [], []
+    shown = {"boxes": [], "masks": [], "labels": [], "colours": []}
+    rows, records, files = [], [], []
     for k, result in enumerate(results, 1):
         mask = result["mask"] > mask_threshold
-        masks.append(mask)
         mask_file = out_dir / f"mask_{k}.png"
         save_png(mask.astype(np.uint8) * 255, mask_file)
         files.append(mask_file)
+        answer = {key: result[key] for key in ("present", "found", "boxes") if key in result}
         record = prediction_record(image_name, result["phrase"], result["box"], result["score"],
-                                   image_size=result["image_size"], mask=mask_file.name, **orientation)
+                                   image_size=result["image_size"], mask=mask_file.name, **answer, **orientation)
         records.append(record)
-        rows.append([record["phrase"], *record["box"], record["score"]])
-    labels = [f"{k}. {phrase}" for k, phrase in enumerate(phrases, 1)]
-    drawing = draw_groundings(rgb, [r["box"] for r in records], masks if show_masks else None, labels)
+        if not result.get("found", True):
+            notes.append(f"{k}. \"{result['phrase']}\": not found (presence {result['present']:.2f}, below "
+                         f"{predictor.presence_threshold}); nothing drawn.")
+            continue
+        boxes = [(box[:4], box[4]) for box in result.get("boxes") or []] or [(record["box"], record["score"])]
+        for j, (box, score) in enumerate(boxes):
+            shown["boxes"].append(box)
+            shown["masks"].append(mask if j == 0 else None)
+            shown["labels"].append(f"{k}. {result['phrase']}")
+            shown["colours"].append(k - 1)
+            rows.append([record["phrase"], *box, round(score, 4)])
+    drawing = draw_groundings(rgb, shown["boxes"], shown["masks"] if show_masks else None, shown["labels"],
+                              colour_ids=shown["colours"])
     write_jsonl(out_dir / "predictions.jsonl", records)
     files.insert(0, out_dir / "predictions.jsonl")
     return {"image": drawing, "rows": rows, "files": [str(f) for f in files], "notes": notes + predict_notes,

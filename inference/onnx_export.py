@@ -1,6 +1,7 @@
 """The inference graph as ONNX (tools/export_onnx.py): images, their padding masks, token ids, attention masks and
-each expression's image index in; the box and the evaluation segmentation logits out. The configuration and the vocabulary go into the file's
-metadata, so that inference.onnx_runtime needs nothing else (docs/onnx.md)."""
+each expression's image index in; the box and the evaluation segmentation logits out (and a presence head's logit where
+the model has one). The configuration and the vocabulary go into the file's metadata, so that inference.onnx_runtime
+needs nothing else (docs/onnx.md)."""
 import json
 import logging
 import warnings
@@ -13,7 +14,7 @@ from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from models.checkpoint import json_config
 from utils.files import atomic_write
 
-from .onnx_runtime import INPUT_NAMES, OUTPUT_NAMES, OnnxRuntimeModel
+from .onnx_runtime import INPUT_NAMES, OUTPUT_NAMES, PRESENCE_OUTPUT, OnnxRuntimeModel
 
 DEFAULT_OPSET = 18
 
@@ -27,6 +28,8 @@ class InferenceGraph(nn.Module):
 
     def forward(self, image, image_mask, text_ids, text_mask, image_index):
         out = self.model(image, image_mask, text_ids, text_mask, aux=False, image_index=image_index)
+        if PRESENCE_OUTPUT in out:  # [B]
+            return out["pred_boxes"], out["seg_logits"], out[PRESENCE_OUTPUT]
         return out["pred_boxes"], out["seg_logits"]  # [B, 4] cx, cy, w, h on the canvas; [B, g, g]
 
 
@@ -70,6 +73,7 @@ def export_onnx(model, args, tokenizer, path, opset=DEFAULT_OPSET, batch="dynami
     else:  # a fixed batch of one image per expression
         inputs, dynamic_shapes = example_inputs(args, tokenizer, ["a"] * fixed), None
     graph = InferenceGraph(model).eval()
+    output_names = OUTPUT_NAMES + ([PRESENCE_OUTPUT] if getattr(model, "presence_head", None) is not None else [])
     # The exporter's optimiser logs every constant it leaves unfolded; only its errors are worth printing.
     quiet = logging.getLogger("onnxscript")
     level = quiet.level
@@ -78,7 +82,7 @@ def export_onnx(model, args, tokenizer, path, opset=DEFAULT_OPSET, batch="dynami
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
             program = torch.onnx.export(graph, inputs, dynamo=True, opset_version=opset, input_names=INPUT_NAMES,
-                                        output_names=OUTPUT_NAMES, dynamic_shapes=dynamic_shapes,
+                                        output_names=output_names, dynamic_shapes=dynamic_shapes,
                                         external_data=False, verbose=False)
     finally:
         quiet.setLevel(level)
@@ -99,7 +103,8 @@ def parity_phrases(args):
 def compare_with_onnxruntime(model, args, tokenizer, path, batches=(1, 3), seed=1):
     """ONNX Runtime vs model (the same prepared model that was exported, one image per expression) on generated
     batches, each also with its phrases grouped two per image where the export takes that. Returns the largest
-    absolute differences: "boxes" (canvas units, 0-1) and "probabilities" (of the segmentation map)."""
+    absolute differences: "boxes" (canvas units, 0-1) and "probabilities" (of the segmentation map), and "presence"
+    (its probability) for a model with a presence head."""
     network = OnnxRuntimeModel(path)
     phrases = parity_phrases(args)
     worst = {"boxes": 0.0, "probabilities": 0.0}
@@ -114,4 +119,7 @@ def compare_with_onnxruntime(model, args, tokenizer, path, batches=(1, 3), seed=
         worst["boxes"] = max(worst["boxes"], (got["pred_boxes"] - expected["pred_boxes"]).abs().max().item())
         prob = (got["seg_logits"].sigmoid() - expected["seg_logits"].sigmoid()).abs().max().item()
         worst["probabilities"] = max(worst["probabilities"], prob)
+        if PRESENCE_OUTPUT in expected:
+            presence = (got[PRESENCE_OUTPUT].sigmoid() - expected[PRESENCE_OUTPUT].sigmoid()).abs().max().item()
+            worst["presence"] = max(worst.get("presence", 0.0), presence)
     return worst

@@ -9,6 +9,7 @@ import torch
 # expression's image among the I images of the call, so that the CNN runs once per image.
 INPUT_NAMES = ["image", "image_mask", "text_ids", "text_mask", "image_index"]
 OUTPUT_NAMES = ["pred_boxes", "seg_logits"]
+PRESENCE_OUTPUT = "presence_logits"  # a third output, from a model with a presence head
 QUANTIZATION_KEY = "segvg_quantization"  # metadata of an int8 version (inference.onnx_quantize): what was quantised
 
 
@@ -51,8 +52,8 @@ def run_feed(network, feed):
 
 
 class OnnxRuntimeModel:
-    """model(image, image_mask, text_ids, text_mask, aux=False, image_index=None) -> {"pred_boxes", "seg_logits"}
-    through ONNX Runtime.
+    """model(image, image_mask, text_ids, text_mask, aux=False, image_index=None) -> {"pred_boxes", "seg_logits"} (and
+    "presence_logits" from an export with a presence head) through ONNX Runtime.
     metadata: the export's configuration ("segvg_config", a dict) and vocabulary ("segvg_vocab", token list)."""
 
     def __init__(self, path, device="cpu"):
@@ -69,6 +70,7 @@ class OnnxRuntimeModel:
         self.config = json.loads(props["segvg_config"])
         self.quantization = props.get(QUANTIZATION_KEY)  # None for a float export
         self.vocab = props["segvg_vocab"].split("\n")
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
     def check_matches(self, args, source):
         """The export must have the image size and text length of args, the configuration of source (a checkpoint):
@@ -95,5 +97,5 @@ class OnnxRuntimeModel:
         feeds = {name: t.cpu().numpy() for name, t in zip(INPUT_NAMES, tensors)}
         if not self.grouped and len(self.session.get_inputs()) == 4:
             feeds.pop("image_index")
-        boxes, seg_logits = self.session.run(None, feeds)
-        return {"pred_boxes": torch.from_numpy(boxes), "seg_logits": torch.from_numpy(seg_logits)}
+        outputs = self.session.run(None, feeds)
+        return {name: torch.from_numpy(value) for name, value in zip(self.output_names, outputs)}

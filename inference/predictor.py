@@ -7,7 +7,10 @@
 result: "box" [x1, y1, x2, y2] in the image's pixels, "score" (the segmentation confidence), "mask" (the
 segmentation map resized to the image, float [H, W]), "binary_mask" (it above mask_threshold, bool [H, W]), "phrase"
 and "image_size" [W, H]; with mask_refine (evaluation.mask_refine) also "refined_mask" (bool [H, W]); for a file or
-PIL image whose EXIF orientation is not 1, "exif_orientation" and "exif" (applied or ignored, datasets.images).
+PIL image whose EXIF orientation is not 1, "exif_orientation" and "exif" (applied or ignored, datasets.images); from a
+model with a presence head "present" (the probability that the phrase's object is in the image) and "found" (present
+>= presence_threshold; a model without one answers neither); with boxes_from_mask "boxes", one [x1, y1, x2, y2,
+score] per connected component of the binary mask (evaluation.mask_boxes).
 Paths and PIL images are read as viewers show them (exif="apply"), unless the predictor was built with exif="ignore".
 """
 import copy
@@ -22,6 +25,7 @@ from torchvision.ops import box_convert
 from datasets.images import EXIF_MODES, pil_to_rgb, read_image
 from datasets.tokenizer import encode_text
 from datasets.transforms import canvas_map_to_image, canvas_to_image, make_transforms
+from evaluation.mask_boxes import MIN_COMPONENT_AREA, boxes_from_mask
 from evaluation.mask_refine import refine_mask
 from evaluation.segmentation_map import MASK_THRESHOLD, canvas_probabilities, segmentation_confidence
 from models.checkpoint import (load_from_checkpoint, resolve_config, safe_load, tokenizer_from_checkpoint,
@@ -62,11 +66,13 @@ class SegVGPredictor:
     """A model, its tokenizer and evaluation transform: images and phrases in, boxes and masks out."""
 
     def __init__(self, model, tokenizer, args, device="cpu", fast=True, mask_threshold=MASK_THRESHOLD,
-                 mask_refine="none", exif="apply"):
+                 mask_refine="none", exif="apply", presence_threshold=0.5, boxes_from_mask=False,
+                 min_component_area=MIN_COMPONENT_AREA):
         """fast: predict with a BatchNorm-folded, channels-last copy of model (inference.fast_path); model itself
         is left untouched. mask_threshold: where "binary_mask" is cut out of the map. mask_refine: "grabcut" adds
         "refined_mask" to every result. exif: "apply" reads files and PIL images as viewers show them, "ignore" as
-        their pixels are stored."""
+        their pixels are stored. presence_threshold: where "found" is decided (presence head). boxes_from_mask: add
+        "boxes", the mask's components of at least min_component_area of the image."""
         if exif not in EXIF_MODES:
             raise ValueError(f"unknown EXIF mode {exif!r}; choose from {', '.join(EXIF_MODES)}")
         if fast:
@@ -79,22 +85,22 @@ class SegVGPredictor:
         self.mask_threshold = mask_threshold
         self.mask_refine = mask_refine
         self.exif = exif
+        self.presence_threshold = presence_threshold
+        self.component_area = min_component_area if boxes_from_mask else None
 
     @classmethod
-    def from_checkpoint(cls, path, device="auto", bert_model=None, vocab_file=None, fast=True,
-                        mask_threshold=MASK_THRESHOLD, mask_refine="none", exif="apply"):
+    def from_checkpoint(cls, path, device="auto", bert_model=None, vocab_file=None, fast=True, **options):
         """Rebuild from a checkpoint alone (ours or an official one; fast: the inference fast path of
-        inference.fast_path). bert_model / vocab_file choose the tokenizer of an official checkpoint."""
+        inference.fast_path). bert_model / vocab_file choose the tokenizer of an official checkpoint; options: the
+        constructor's (mask_threshold, mask_refine, exif, presence_threshold, boxes_from_mask, ...)."""
         overrides = tokenizer_overrides(bert_model, vocab_file)
         model, tokenizer, args, _ = load_from_checkpoint(path, overrides)
         if fast:  # the model is ours alone: fold it in place instead of a copy
             prepare_for_inference(model)
-        return cls(model, tokenizer, args, resolve_device(device), fast=False, mask_threshold=mask_threshold,
-                   mask_refine=mask_refine, exif=exif)
+        return cls(model, tokenizer, args, resolve_device(device), fast=False, **options)
 
     @classmethod
-    def from_onnx(cls, onnx_path, checkpoint=None, device="auto", bert_model=None, vocab_file=None,
-                  mask_threshold=MASK_THRESHOLD, mask_refine="none", exif="apply"):
+    def from_onnx(cls, onnx_path, checkpoint=None, device="auto", bert_model=None, vocab_file=None, **options):
         """The network of an ONNX export run by ONNX Runtime (inference.onnx_runtime); the configuration and
         tokenizer come from checkpoint when given, else from the export's metadata."""
         from .onnx_runtime import OnnxRuntimeModel
@@ -107,8 +113,7 @@ class SegVGPredictor:
         if checkpoint:
             network.check_matches(args, checkpoint)
         tokenizer = tokenizer_from_checkpoint(source, args, overrides)
-        return cls(network, tokenizer, args, "cpu", fast=False, mask_threshold=mask_threshold, mask_refine=mask_refine,
-                   exif=exif)
+        return cls(network, tokenizer, args, "cpu", fast=False, **options)
 
     def encode(self, text):
         if not isinstance(text, str) or not text.strip():
@@ -153,6 +158,8 @@ class SegVGPredictor:
         boxes = box_convert(out["pred_boxes"].float().cpu(), "cxcywh", "xyxy").clamp(0, 1) * size
         prob = canvas_probabilities(out["seg_logits"].cpu(), size)  # [B, S, S]
         confidence = segmentation_confidence(prob)
+        present = out.get("presence_logits")
+        present = present.float().sigmoid().cpu().tolist() if present is not None else None
         results = []
         for k, slot in enumerate(image_index.tolist()):
             rgb, _, placement, note = prepared[slot]
@@ -162,6 +169,10 @@ class SegVGPredictor:
             result = {"phrase": phrases[k], "box": [round(v, 2) for v in box.tolist()],
                       "score": confidence[k].item(), "mask": image_mask,
                       "binary_mask": image_mask > self.mask_threshold, "image_size": [w, h], **note}
+            if present is not None:
+                result.update(present=round(present[k], 4), found=present[k] >= self.presence_threshold)
+            if self.component_area is not None:
+                result["boxes"] = boxes_from_mask(image_mask, self.mask_threshold, self.component_area)
             if self.mask_refine != "none":
                 result["refined_mask"] = refine_mask(self.mask_refine, rgb, box.tolist(), image_mask,
                                                      self.mask_threshold)

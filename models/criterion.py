@@ -67,10 +67,12 @@ class SegVGLoss(nn.Module):
     box weighted by the mask fit, all summed and divided by the batch size."""
 
     def __init__(self, detach_pos_factor=False, weight_l1=5.0, weight_giou=2.0, low_memory=True, seg_loss=True,
-                 weight_focal=1.0, weight_dice=1.0, fine=None):
-        """fine: the fine mask head's loss (models.mask_losses.FineMaskLoss), added to these terms."""
+                 weight_focal=1.0, weight_dice=1.0, fine=None, weight_presence=1.0):
+        """fine: the fine mask head's loss (models.mask_losses.FineMaskLoss), added to these terms. weight_presence:
+        of the presence head's binary cross-entropy, where the model has one."""
         super().__init__()
         self.fine = fine
+        self.weight_presence = weight_presence
         self.seg_loss = seg_loss
         self.weight_focal = weight_focal
         self.weight_dice = weight_dice
@@ -80,25 +82,36 @@ class SegVGLoss(nn.Module):
         self.segmentation_terms = segmentation_terms if low_memory else segmentation_terms_direct
 
     def forward(self, outputs, target, pos_region, batch=None, fraction=1.0):
-        """outputs: the model's training outputs; target [B, 4] cx,cy,w,h; pos_region [B, S, S]. With a fine head:
-        batch (its img, image_rect and, under mask supervision, gt_mask and has_mask) and the fraction of the run
+        """outputs: the model's training outputs; target [B, 4] cx,cy,w,h; pos_region [B, S, S]. batch: its
+        n_targets [B] (phrases with no target add nothing to the box and mask terms and train the presence head) and,
+        with a fine head, its img, image_rect and, under mask supervision, gt_mask and has_mask; fraction: of the run
         done (the pairwise term's warmup)."""
+        n_targets = batch.get("n_targets") if batch is not None else None
+        targeted = None if n_targets is None or bool((n_targets > 0).all()) else n_targets > 0
         # Always fp32: binary cross-entropy on probabilities is not autocast-safe.
         with torch.autocast(target.device.type, enabled=False):
             losses = self._losses(outputs["aux_boxes"].float(), outputs["aux_seg_logits"].float(), target.float(),
-                                  pos_region)
+                                  pos_region, targeted)
             if self.fine is not None and self.seg_loss:
                 n = outputs["seg_logits"].shape[0]  # the samples the head ran on (--mask_head_samples)
                 gt_mask, has_mask = (batch[k][:n] if k in batch else None for k in ("gt_mask", "has_mask"))
                 fine = self.fine(outputs["seg_logits"].float(), pos_region[:n], batch["img"][:n].float(),
-                                 batch["image_rect"][:n], gt_mask, has_mask, fraction)
+                                 batch["image_rect"][:n], gt_mask, has_mask, fraction,
+                                 None if targeted is None else targeted[:n])
                 losses.update(fine)
                 losses["loss"] = losses["loss"] + sum(fine.values())
+            if "presence_logits" in outputs:
+                present = (n_targets > 0).float() if n_targets is not None else torch.ones_like(target[:, 0])
+                losses["loss_presence"] = self.weight_presence * F.binary_cross_entropy_with_logits(
+                    outputs["presence_logits"].float(), present)
+                losses["loss"] = losses["loss"] + losses["loss_presence"]
             return losses
 
-    def _losses(self, boxes, seg, target, pos_region):
-        """boxes [layers, B, 4], seg [layers, Q, B, g, g]"""
+    def _losses(self, boxes, seg, target, pos_region, targeted=None):
+        """boxes [layers, B, 4], seg [layers, Q, B, g, g]; targeted [B] bool (None: all): the samples scored."""
         layers, batch = boxes.shape[:2]
+        if targeted is not None:  # a stand-in box keeps GIoU finite where the empty target is weighed out
+            target = torch.where(targeted[:, None], target, target.new_tensor([0.5, 0.5, 1.0, 1.0]))
         if self.seg_loss:
             # Upsampled to the canvas before the sigmoid, as the original does.
             focal, dice, pos_factor = self.segmentation_terms(seg, pos_region)  # each [layers, Q, B]
@@ -108,6 +121,9 @@ class SegVGLoss(nn.Module):
             focal = dice = boxes.new_zeros(seg.shape[:3])
             pos_factor = torch.ones_like(focal)
         box_weight = pos_factor.mean(1)  # [layers, B]
+        if targeted is not None:
+            keep = targeted.to(focal.dtype)
+            focal, dice, box_weight = focal * keep, dice * keep, box_weight * keep
 
         gt = target.expand_as(boxes)
         l1 = (boxes - gt).abs().sum(-1)
@@ -128,4 +144,4 @@ class SegVGLoss(nn.Module):
 def build_criterion(args):
     return SegVGLoss(detach_pos_factor=args.detach_pos_factor, seg_loss=args.seg_loss == "on",
                      weight_focal=args.mask_loss_coef, weight_dice=args.dice_loss_coef,
-                     fine=build_fine_mask_loss(args))
+                     fine=build_fine_mask_loss(args), weight_presence=args.presence_loss_coef)

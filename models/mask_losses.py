@@ -149,9 +149,10 @@ class FineMaskLoss(torch.nn.Module):
         self.weight_focal = weight_focal
         self.weight_dice = weight_dice
 
-    def forward(self, logits, pos_region, img, image_rect, gt_mask=None, has_mask=None, fraction=1.0):
+    def forward(self, logits, pos_region, img, image_rect, gt_mask=None, has_mask=None, fraction=1.0, targeted=None):
         """logits [B, S/stride, S/stride] (fp32); pos_region [B, S, S] the filled box; img [B, 3, S, S] the canvas;
-        image_rect [B, 4]; gt_mask [B, S, S] and has_mask [B] with supervision "mask"; fraction: of the run done."""
+        image_rect [B, 4]; gt_mask [B, S, S] and has_mask [B] with supervision "mask"; fraction: of the run done;
+        targeted [B] bool: the samples whose phrase has a target (None: all); the others add nothing."""
         batch, size = img.shape[0], img.shape[-1]
         stride = self.loss_stride
         if stride < self.stride:  # the map as eval.py uses it: upsampled bilinearly
@@ -165,14 +166,14 @@ class FineMaskLoss(torch.nn.Module):
             from_box = ~has_mask
             target = F.avg_pool2d(gt_mask[:, None].to(logits.dtype), stride)[:, 0] if stride > 1 \
                 else gt_mask.to(logits.dtype)
-            keep = has_mask.to(logits.dtype)
+            keep = has_mask.to(logits.dtype) if targeted is None else (has_mask & targeted).to(logits.dtype)
             # Focal averaged over the image's cells, dice on their sums: padding cells count in neither.
             cells = valid.sum((1, 2)).clamp(min=1)
             focal = (sigmoid_focal_loss(logits, target, reduction="none") * valid).sum((1, 2)) / cells
             dice = map_dice(logits, target, valid)
             losses["loss_mask_focal"] = self.weight_focal * (focal * keep).sum() / batch
             losses["loss_mask_dice"] = self.weight_dice * (dice * keep).sum() / batch
-        boxed = from_box.to(logits.dtype)
+        boxed = from_box.to(logits.dtype) if targeted is None else (from_box & targeted).to(logits.dtype)
         projection = projection_loss(logits, box_mask, valid)
         losses["loss_projection"] = self.weight_projection * (projection * boxed).sum() / batch
         fill = map_dice(logits, box_mask, valid)

@@ -62,6 +62,7 @@ class SegVG(nn.Module):
         self.mask_head = None  # set by build_segvg (--mask_head fine); None: the grid head's map is the mask
         self.mask_head_detached = False  # set by build_segvg (--mask_head_gradient head)
         self.mask_head_samples = 0  # set by build_segvg (--mask_head_samples; 0: all)
+        self.presence_head = None  # set by build_segvg (--presence_head): MLP on the regression token -> logit
         self.checkpoint_activations = False
 
     def set_activation_checkpointing(self, enabled):
@@ -79,7 +80,8 @@ class SegVG(nn.Module):
         image_index[b]; the ResNet then runs once per image, whatever the number of its expressions.
 
         Returns ``pred_boxes`` [B, 4] (sigmoid cx, cy, w, h on the canvas, last decoder layer),
-        ``aux_boxes`` [layers, B, 4], ``seg_logits`` (the model's mask, last layer, first segmentation query:
+        ``aux_boxes`` [layers, B, 4], with --presence_head ``presence_logits`` [B] (the phrase's object is in the
+        image), ``seg_logits`` (the model's mask, last layer, first segmentation query:
         [B, g, g] from the grid head, [B, S/mask_stride, S/mask_stride] from the fine head, in training with
         --mask_head_samples N of the first N samples only) and, when ``aux``
         (default: in training), ``aux_seg_logits`` [layers, seg queries, B, g, g] (the grid head's).
@@ -126,6 +128,8 @@ class SegVG(nn.Module):
             seg_logits = self.mask_head(take(hs[-1, :, 1]), take(pixels), take(seg_logits), features,
                                         image_index=image_index)
         out = {"pred_boxes": boxes[-1], "aux_boxes": boxes, "seg_logits": seg_logits}
+        if self.presence_head is not None:
+            out["presence_logits"] = self.presence_head(hs[-1, :, 0])[:, 0]  # [B]
         if aux:
             seg = self.seg_head(hs[:, :, 1:], pixels)  # [layers, B, seg queries, V]
             out["aux_seg_logits"] = seg.transpose(1, 2).unflatten(-1, grid)
@@ -163,6 +167,8 @@ def build_segvg(args):
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(torch.initial_seed() + 1)
         model.mask_head = build_mask_head(args, visual.backbone.feature_channels)
+        if args.presence_head:
+            model.presence_head = MLP(args.vl_hidden_dim, args.vl_hidden_dim, 1, 2)
     model.mask_head_detached = args.mask_head_gradient == "head"
     model.mask_head_samples = args.mask_head_samples
     model.set_activation_checkpointing(args.checkpoint_activations)

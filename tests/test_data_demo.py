@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets import build_dataset, collate_fn, demo
+from datasets import build_dataset, collate_fn, demo, demo_scenes
 from datasets.transforms import swap_left_right
 from datasets.validate import validate
 from train import get_args_parser
@@ -32,7 +32,7 @@ def entries(out, split="train"):
 
 
 def mirrored(objects, width):
-    return [demo.Obj(o.shape, o.colour, o.size, (width - o.box[2], o.box[1], width - o.box[0], o.box[3]))
+    return [demo_scenes.Obj(o.shape, o.colour, o.size, (width - o.box[2], o.box[1], width - o.box[0], o.box[3]))
             for o in objects]
 
 
@@ -41,22 +41,22 @@ def test_every_expression_picks_exactly_its_target_also_when_flipped(level):
     rng = random.Random(7)
     kinds = Counter()
     for _ in range(400):
-        image, labels, objects = demo.draw_scene(rng, level)
+        image, labels, objects = demo_scenes.draw_scene(rng, level)
         height, width = labels.shape
-        for target, phrase, kind in demo._refer(rng, objects, (width, height), level, 2):
+        for target, phrase, kind in demo_scenes.refer(rng, objects, (width, height), level, 2):
             kinds[kind] += 1
-            assert demo.resolve(phrase, objects, width, height) == [target], phrase
+            assert demo_scenes.resolve(phrase, objects, width, height) == [target], phrase
             flipped = swap_left_right(phrase, "word")
-            assert demo.resolve(flipped, mirrored(objects, width), width, height) == [target], flipped
+            assert demo_scenes.resolve(flipped, mirrored(objects, width), width, height) == [target], flipped
             assert swap_left_right(phrase, "legacy") == flipped  # the grammar has no "bright"-like words
-    assert set(kinds) == set(demo.LEVELS[level]["types"])
+    assert set(kinds) == set(demo_scenes.LEVELS[level]["types"])
     assert min(kinds.values()) > 0.7 * max(kinds.values()), kinds  # roughly equal shares
 
 
 def test_scene_geometry():
     rng = random.Random(0)
     for _ in range(50):
-        image, labels, objects = demo.draw_scene(rng, "easy")
+        image, labels, objects = demo_scenes.draw_scene(rng, "easy")
         height, width = labels.shape
         assert 64 <= width <= 96 and 64 <= height <= 96
         assert len(objects) == 3
@@ -67,7 +67,7 @@ def test_scene_geometry():
             side = max(obj.box[2] - obj.box[0], obj.box[3] - obj.box[1])
             assert 0.25 * min(width, height) - 1 <= side <= 0.40 * min(width, height) + 1
             colour = image[labels == k + 1].mean(axis=0)
-            nearest = min(demo.COLOURS, key=lambda c: np.abs(np.array(demo.COLOURS[c]) - colour).sum())
+            nearest = min(demo_scenes.COLOURS, key=lambda c: np.abs(np.array(demo_scenes.COLOURS[c]) - colour).sum())
             assert nearest == obj.colour
 
 
@@ -90,7 +90,7 @@ def test_written_files_match_the_index(level, demo_dirs):
     out = demo_dirs[level]
     rows = entries(out)
     assert len(rows) == 60 and len(entries(out, "val")) == 10
-    types = set(demo.LEVELS[level]["types"])
+    types = set(demo_scenes.LEVELS[level]["types"])
     for file_name, label, (x, y, w, h), phrase, kind in rows:
         assert kind in types and phrase
         labels = np.asarray(Image.open(out / "demo" / "masks" / file_name))
@@ -107,7 +107,7 @@ def test_real_loader_reads_the_demo(level, demo_dirs):
         "--max_query_len", "16", "--aug_scale", "--aug_crop", "--aug_translate"])
     train = build_dataset("train", args)
     info = train.sample_info(0)
-    assert info["expr_type"] in demo.LEVELS[level]["types"]
+    assert info["expr_type"] in demo_scenes.LEVELS[level]["types"]
     mask = train.instance_mask(0)
     ys, xs = np.nonzero(mask)
     assert info["box"] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]

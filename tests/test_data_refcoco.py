@@ -121,7 +121,8 @@ def test_batch_format(refcoco):
     loader = DataLoader(ds, batch_size=3, collate_fn=collate_fn, num_workers=1)
     batches = list(loader)
     batch = batches[0]
-    assert set(batch) == {"img", "img_mask", "image_rect", "text_ids", "text_mask", "target", "pos_region", "index"}
+    assert set(batch) == {"img", "img_mask", "image_rect", "text_ids", "text_mask", "target", "pos_region", "index",
+                          "n_targets"}
     expected = {"img": (torch.float32, (3, 3, 128, 128)), "img_mask": (torch.bool, (3, 128, 128)),
                 "image_rect": (torch.long, (3, 4)),
                 "text_ids": (torch.long, (3, 8)), "text_mask": (torch.long, (3, 8)),

@@ -61,7 +61,7 @@ def single_process_results():
 def test_grouped_evaluation_equals_one_canvas_per_expression(single_process_results):
     assert sorted(single_process_results) == list(range(len(IMAGE_OF_SAMPLE)))
     ungrouped = evaluate_sharded(0, 1, grouped=False)
-    for index, (iou, box, confidence, _) in ungrouped.items():
+    for index, (iou, box, confidence, *_) in ungrouped.items():
         assert single_process_results[index][0] == pytest.approx(iou, abs=1e-5)
         assert single_process_results[index][1] == pytest.approx(box, abs=1e-5)
         assert single_process_results[index][2] == pytest.approx(confidence, abs=1e-5)
@@ -72,8 +72,9 @@ def test_each_sample_counted_once(tmp_path, world_size, single_process_results):
     spawn(eval_worker, world_size, tmp_path / "results.pt")
     results = torch.load(tmp_path / "results.pt", weights_only=True)
     assert sorted(results) == list(range(len(IMAGE_OF_SAMPLE)))
-    for index, (iou, box, confidence, masks) in single_process_results.items():
+    for index, (iou, box, confidence, masks, answer) in single_process_results.items():
         assert masks is None and results[index][3] is None
+        assert answer == results[index][4] == {"present": None, "boxes": None}  # no presence head, no components
         assert results[index][0] == pytest.approx(iou, abs=1e-6)
         assert results[index][1] == pytest.approx(box, abs=1e-6)
         assert results[index][2] == pytest.approx(confidence, abs=1e-6)

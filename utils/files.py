@@ -2,6 +2,7 @@
 file is either its old or its new content after a crash, and a failed write says why in one line."""
 import errno
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -71,3 +72,18 @@ def write_failure(err, folder):
 def atomic_save(obj, path):
     """torch.save through atomic_write."""
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+class PlainUnpickler(pickle.Unpickler):
+    """Annotation pickles (REFER's refs) hold lists and dicts of plain values: no class is ever needed, so none is
+    loaded."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: the file should hold plain data only")
+
+
+def load_plain_pickle(path):
+    """A pickle of plain data (lists, dicts, strings, numbers); any class in it is refused."""
+    with Path(path).open("rb") as f:
+        return PlainUnpickler(f).load()
+

@@ -137,6 +137,10 @@ def _add_model_flags(parser):
                              "(docs/model.md, \"Mask heads\")")
     fusion.add_argument("--mask_stride", default=0, type=int, choices=[0, 1, 2, 4, 8, 16],
                         help="fine head: stride of its map on the canvas (0: 4 for canvases of 320 px and more, else 2)")
+    fusion.add_argument("--presence_head", action="store_true",
+                        help="a small MLP on the regression token's last state says whether the phrase's object is in "
+                             "the image at all (trained on phrases with no target; docs/generalized.md); off: the "
+                             "original model")
     fusion.add_argument("--drop_key", default=0.0, type=float,
                         help="real DropKey rate in the custom attentions (training only; the original's is a no-op)")
 
@@ -198,6 +202,8 @@ def _add_loss_flags(parser):
     loss.add_argument("--mask_loss_coef", default=1.0, type=float,
                       help="weight of the focal term (the original: 1); the box losses' mask-fit factor is unchanged")
     loss.add_argument("--dice_loss_coef", default=1.0, type=float, help="weight of the dice term (the original: 1)")
+    loss.add_argument("--presence_loss_coef", default=1.0, type=float,
+                      help="--presence_head: weight of its binary cross-entropy (target: the phrase has a target)")
     fine = parser.add_argument_group("loss: the fine mask head (--mask_head fine; --seg_loss off turns these off too)")
     fine.add_argument("--mask_supervision", default="box", choices=["box", "mask"],
                       help="box: BoxInst's projection and pairwise terms from the ground-truth box; mask: focal + dice "
@@ -291,7 +297,8 @@ def _add_checkpoint_flags(parser):
                      help="samples of the --eval_every validation (of each dataset, with several)")
     run.add_argument("--best_on", default="",
                      help="with several --dataset: the dataset whose val Acc@0.5 picks best_checkpoint.pth (default: "
-                          "the mean over the datasets)")
+                          "the mean over the datasets); on data with no-target or several-target phrases: accu or "
+                          "giou picks on that one (default: the mean of gIoU and the one-target Acc@0.5)")
     run.add_argument("--tensorboard", default="", help="TensorBoard log folder (needs the tensorboard package)")
 
 

@@ -1,0 +1,38 @@
+"""engine.evaluate's results on a dataset with phrases of no target or several, read as evaluation.generalized_metrics
+needs them; and the mask scorer that GRES needs during a training run's validation."""
+from evaluation.generalized_metrics import summarize_generalized
+from evaluation.mask_metrics import MaskScorer
+from evaluation.predictions import image_box
+from evaluation.segmentation_map import MASK_THRESHOLD
+
+
+def generalized_scorer(dataset, args):
+    """For validating on a dataset with no-target or several-target phrases and masks: the mask scorer GRES needs
+    (None otherwise: the box metrics alone)."""
+    generalized = getattr(dataset, "is_generalized", lambda: False)()
+    return MaskScorer(dataset, args, MASK_THRESHOLD) if generalized and dataset.has_masks() else None
+
+
+def generalized_expressions(results, dataset, args=None):
+    """What evaluation.generalized_metrics needs of each result: targets, presence, mask terms and the boxes
+    answered (the mask's components where they were read, else the regressed box, in image pixels with args, score
+    1)."""
+    expressions = []
+    for index in sorted(results):
+        iou, box, _, terms, extra = results[index]
+        info = dataset.sample_info(index)
+        gt_boxes = info.get("boxes", [info["box"]])
+        boxes = extra["boxes"]
+        if boxes is None:
+            boxes = [image_box(dataset, index, box, args) + [1.0]] if args is not None else []
+        expressions.append({"n_targets": len(gt_boxes), "gt_boxes": gt_boxes, "present": extra["present"],
+                            "terms": terms["mask"] if terms is not None else None, "boxes": boxes})
+    return expressions
+
+
+def summarize_generalized_results(results, dataset, options=None):
+    """GRES / GREC of engine.evaluate's results; options: {"args" (the model's configuration: the regressed boxes in
+    image pixels), "presence_threshold", "grec_score_threshold", "grec_match"}, the defaults where absent."""
+    options = dict(options or {})
+    args = options.pop("args", None)
+    return summarize_generalized(generalized_expressions(results, dataset, args), **options)
