@@ -18,7 +18,7 @@ from torch import nn
 import predict
 from datasets import build_tokenizer
 from datasets.grounding import GroundingDataset
-from datasets.images import image_size, orient, read_image, read_rgb
+from datasets.images import image_size, read_image, read_rgb
 from datasets.transforms import make_transforms
 from datasets.validate import validate
 from inference import SegVGPredictor
