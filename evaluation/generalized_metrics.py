@@ -7,6 +7,7 @@ without the head). The presence score's AUROC and a sweep of the threshold let a
 from collections import defaultdict
 
 import torch
+from scipy.stats import mannwhitneyu
 from torchvision.ops import box_iou, generalized_box_iou
 
 from datasets.records import KINDS, target_kind
@@ -110,27 +111,13 @@ def grec(expressions, match="giou", threshold=0.5):
 
 
 def auroc(scores, labels):
-    """Area under the ROC curve of `scores` separating labels True from False (ties count a half); nan without
-    both kinds."""
+    """Area under the ROC curve of `scores` separating labels True from False (ties count a half: the Mann-Whitney
+    statistic over the pairs); nan without both kinds."""
     positives = [s for s, y in zip(scores, labels) if y]
     negatives = [s for s, y in zip(scores, labels) if not y]
     if not positives or not negatives:
         return float("nan")
-    scores_t = torch.tensor(positives + negatives, dtype=torch.float64)
-    ranks = _average_ranks(scores_t)[:len(positives)]
-    return float((ranks.sum() - len(positives) * (len(positives) + 1) / 2) / (len(positives) * len(negatives)))
-
-
-def _average_ranks(values):
-    """1-based ranks, tied values sharing their mean rank (the Mann-Whitney statistic's)."""
-    order = torch.argsort(values, stable=True)
-    ranks = torch.empty_like(values)
-    ranks[order] = torch.arange(1, len(values) + 1, dtype=values.dtype)
-    for value in torch.unique(values):
-        tied = values == value
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
-    return ranks
+    return float(mannwhitneyu(positives, negatives).statistic) / (len(positives) * len(negatives))
 
 
 def kept_boxes(expression, found, score_threshold):

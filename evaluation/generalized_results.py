@@ -17,14 +17,14 @@ def generalized_expressions(results, dataset, args=None):
     """What evaluation.generalized_metrics needs of each result: targets, presence, mask terms and the boxes
     answered (the mask's components where they were read, else the regressed box, in image pixels with args, score
     1)."""
-    expressions = []
+    expressions, placements = [], {}  # placements: one per image size, shared by the expressions
     for index in sorted(results):
         iou, box, _, terms, extra = results[index]
         info = dataset.sample_info(index)
         gt_boxes = info.get("boxes", [info["box"]])
         boxes = extra["boxes"]
         if boxes is None:
-            boxes = [image_box(dataset, index, box, args) + [1.0]] if args is not None else []
+            boxes = [image_box(dataset, index, box, args, placements) + [1.0]] if args is not None else []
         expressions.append({"n_targets": len(gt_boxes), "gt_boxes": gt_boxes, "present": extra["present"],
                             "terms": terms["mask"] if terms is not None else None, "boxes": boxes})
     return expressions
