@@ -69,15 +69,17 @@ def autocast(device, amp):
 
 
 def gradient_clipping_groups(model):
-    """The parameters whose gradients are clipped together (--clip_max_norm): all of them, except that a fine mask head
-    trained on detached inputs (--mask_head_gradient head) is clipped on its own, so that its gradient does not scale
-    the rest's: the rest of the model then trains exactly as with the grid head."""
+    """The parameters whose gradients are clipped together (--clip_max_norm): all of them, except that a head trained
+    on detached inputs (a fine mask head under --mask_head_gradient head, a presence head under --presence_gradient
+    head) is clipped on its own, so that its gradient does not scale the rest's: the rest of the model then trains
+    exactly as without it."""
     network = getattr(model, "module", model)  # under DistributedDataParallel
-    head = getattr(network, "mask_head", None)
-    if head is None or not network.mask_head_detached:
-        return [list(model.parameters())]
-    in_head = {id(p) for p in head.parameters()}
-    return [[p for p in model.parameters() if id(p) not in in_head], list(head.parameters())]
+    heads = [getattr(network, name, None) for name, detached in
+             (("mask_head", "mask_head_detached"), ("presence_head", "presence_head_detached"))
+             if getattr(network, detached, False)]
+    heads = [list(head.parameters()) for head in heads if head is not None]
+    in_heads = {id(p) for head in heads for p in head}
+    return [[p for p in model.parameters() if id(p) not in in_heads]] + heads
 
 
 def train_one_epoch(state, data_loader, epoch, logger=None):

@@ -63,6 +63,7 @@ class SegVG(nn.Module):
         self.mask_head_detached = False  # set by build_segvg (--mask_head_gradient head)
         self.mask_head_samples = 0  # set by build_segvg (--mask_head_samples; 0: all)
         self.presence_head = None  # set by build_segvg (--presence_head): MLP on the regression token -> logit
+        self.presence_head_detached = False  # --presence_gradient head: its loss leaves the rest of the model alone
         self.checkpoint_activations = False
 
     def set_activation_checkpointing(self, enabled):
@@ -129,7 +130,8 @@ class SegVG(nn.Module):
                                         image_index=image_index)
         out = {"pred_boxes": boxes[-1], "aux_boxes": boxes, "seg_logits": seg_logits}
         if self.presence_head is not None:
-            out["presence_logits"] = self.presence_head(hs[-1, :, 0])[:, 0]  # [B]
+            token = hs[-1, :, 0].detach() if self.presence_head_detached else hs[-1, :, 0]
+            out["presence_logits"] = self.presence_head(token)[:, 0]  # [B]
         if aux:
             seg = self.seg_head(hs[:, :, 1:], pixels)  # [layers, B, seg queries, V]
             out["aux_seg_logits"] = seg.transpose(1, 2).unflatten(-1, grid)
@@ -170,6 +172,7 @@ def build_segvg(args):
         if args.presence_head:
             model.presence_head = MLP(args.vl_hidden_dim, args.vl_hidden_dim, 1, 2)
     model.mask_head_detached = args.mask_head_gradient == "head"
+    model.presence_head_detached = args.presence_gradient == "head"
     model.mask_head_samples = args.mask_head_samples
     model.set_activation_checkpointing(args.checkpoint_activations)
     return model

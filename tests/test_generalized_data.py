@@ -9,15 +9,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import synthetic_batch, tiny_args, without_dropout
+from helpers import model_inputs, synthetic_batch, tiny_args, tiny_train_args, without_dropout
 from PIL import Image
 
 from datasets import build_dataset, collate_fn, demo, demo_gref, demo_scenes
 from datasets.records import check_record
 from datasets.transforms import NormalizeAndPad, RandomHorizontalFlip, RandomResize, RandomSizeCrop
 from datasets.validate import validate
+from engine import TrainState, train_one_epoch
 from models import build_criterion, build_model
-from train import get_args_parser
+from train import build_optimizer, get_args_parser
 
 IMAGE = "img.png"
 SQUARE = [[2, 2, 2, 12, 12, 12, 12, 2]]  # a polygon filling [2, 2, 12, 12]
@@ -139,6 +140,38 @@ def test_presence_head_leaves_the_rest_of_the_model_as_without_it():
     assert heads and set(with_head.state_dict()) - heads == set(plain.state_dict())
     for key, value in plain.state_dict().items():
         torch.testing.assert_close(with_head.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("gradient", ["shared", "head"])
+def test_presence_gradient_head_trains_the_head_alone(gradient):
+    args = tiny_args("--presence_head", "--presence_gradient", gradient)
+    model = without_dropout(build_model(args))
+    model(*model_inputs(synthetic_batch(args, batch=2)))["presence_logits"].sum().backward()
+    reached = {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert "presence_head" in reached
+    assert (reached == {"presence_head"}) == (gradient == "head"), reached
+
+
+def test_a_detached_presence_head_leaves_the_box_training_as_without_it():
+    """--presence_gradient head: from the same seed, with gradient clipping on, every other weight ends where a run
+    without the head ends; a shared head's loss moves them."""
+    def trained(*extra):
+        args = tiny_train_args("--clip_max_norm", "0.1", *extra)
+        torch.manual_seed(0)
+        model = build_model(args)
+        batches = [dict(synthetic_batch(args, 4, seed=k), n_targets=torch.tensor([1, 0, 2, 1])) for k in range(3)]
+        state = TrainState(model, build_criterion(args), build_optimizer(model, args),
+                           torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"), args,
+                           {"step": 0, "batch": 0, "train_seconds": 0.0})
+        train_one_epoch(state, batches, 0)
+        return model.state_dict()
+
+    plain = trained()
+    detached = trained("--presence_head", "--presence_gradient", "head")
+    shared = trained("--presence_head", "--presence_gradient", "shared")
+    for name, value in plain.items():
+        assert torch.equal(detached[name], value), name
+    assert any(not torch.equal(shared[name], value) for name, value in plain.items())
 
 
 def test_gref_demo_phrases_name_exactly_their_targets(tmp_path):

@@ -204,6 +204,10 @@ def _add_loss_flags(parser):
     loss.add_argument("--dice_loss_coef", default=1.0, type=float, help="weight of the dice term (the original: 1)")
     loss.add_argument("--presence_loss_coef", default=1.0, type=float,
                       help="--presence_head: weight of its binary cross-entropy (target: the phrase has a target)")
+    loss.add_argument("--presence_gradient", default="shared", choices=["shared", "head"],
+                      help="--presence_head: where its loss trains: shared = the head and the network under it; head = "
+                           "the head alone, on the detached regression token, so the box trains as without the head "
+                           "(docs/generalized.md)")
     fine = parser.add_argument_group("loss: the fine mask head (--mask_head fine; --seg_loss off turns these off too)")
     fine.add_argument("--mask_supervision", default="box", choices=["box", "mask"],
                       help="box: BoxInst's projection and pairwise terms from the ground-truth box; mask: focal + dice "
