@@ -7,9 +7,7 @@ from datasets.tokenizer import DEMO_VOCAB, SHIPPED_VOCABS
 from train import get_args_parser
 
 try:  # transformers 5.x keeps the pure-Python tokenizer under this name
-    from transformers.models.bert.tokenization_bert_legacy import (
-        BertTokenizerLegacy as SlowBertTokenizer,
-    )
+    from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy as SlowBertTokenizer
 except ImportError:  # transformers 4.x
     from transformers import BertTokenizer as SlowBertTokenizer
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from helpers import TINY_TRAIN, free_port
-from test_train_preemption import (EPOCHS, ROOT, STEPS_PER_EPOCH, assert_same_run, demo_root, environment,  # noqa: F401
+from test_train_preemption import (ROOT, STEPS_PER_EPOCH, assert_same_run, demo_root, environment,  # noqa: F401
                                    train_command, wait_for_step)
 
 from models.checkpoint import safe_load
