@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Subset
 from tqdm import tqdm
 
+from datasets import is_generalized
 from datasets.samplers import ResumableBatchSampler
 from evaluation.box_metrics import prediction_ious, summarize, summarize_by_group
 from evaluation.generalized_metrics import format_generalized
@@ -225,7 +226,7 @@ def summarize_results(results, dataset, generalized=None):
     options {"args", "presence_threshold", "grec_score_threshold", "grec_match"}, the defaults without)."""
     indices = sorted(results)
     generalized_stats = None
-    if getattr(dataset, "is_generalized", lambda: False)():
+    if is_generalized(dataset):
         generalized_stats = summarize_generalized_results(results, dataset, generalized)
         indices = [i for i in indices if dataset.n_targets(i) == 1]
     ious = [results[i][0] for i in indices]

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from datasets import build_loaders, build_subset_loader, build_tokenizer
+from datasets import build_loaders, build_subset_loader, build_tokenizer, is_generalized
 from datasets.mixed import dataset_names
 from engine import (LATEST, NonFiniteLossError, TrainingRun, TrainState, evaluate, format_stats, fresh_progress,
                     selection_score, summarize_results, train_one_epoch)
@@ -102,8 +102,8 @@ def curve_validator(model, loader_val, run, args, device):
 def warn_presence_without_negatives(args, dataset):
     """--presence_head learns "not here" only from phrases with no target: say so once when there are none."""
     parts = getattr(dataset, "datasets", [dataset])
-    if args.presence_head and not any(getattr(part, "is_generalized", lambda: False)()
-                                      and any(part.n_targets(i) == 0 for i in range(len(part))) for part in parts):
+    if args.presence_head and not any(is_generalized(part) and any(part.n_targets(i) == 0 for i in range(len(part)))
+                                      for part in parts):
         print(f"warning: --presence_head, but no training phrase of {args.dataset} has \"boxes\": [] (no target): "
               f"the head only ever sees phrases that are present and will not learn to say \"not found\" "
               f"(docs/generalized.md)")
@@ -296,7 +296,7 @@ def train(args, stop, explicit=()):
     picked_by, measure = "", "Acc@0.5"
     if len(dataset_names(args.dataset)) > 1:
         picked_by = f" ({args.best_on}'s val split)" if args.best_on else " (the mean over the datasets' val splits)"
-    if val_scorer is not None or getattr(loader_val.dataset, "is_generalized", lambda: False)():
+    if is_generalized(loader_val.dataset):
         measure = {"accu": "one-target Acc@0.5", "giou": "gIoU"}.get(args.best_on, "score (mean of gIoU and "
                                                                                    "one-target Acc@0.5)")
     print(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}; "

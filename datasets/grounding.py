@@ -146,6 +146,11 @@ def number_images(keys):
     return [numbers.setdefault(key, len(numbers)) for key in keys]
 
 
+def is_generalized(dataset):
+    """Whether some phrase of dataset (a GroundingDataset, a mix of them, or any other) has no target or several."""
+    return getattr(dataset, "is_generalized", lambda: False)()
+
+
 class GroundingDataset(Dataset):
     """One split of a referring-expression dataset; samples are dicts of tensors (see collate_fn)."""
 

@@ -131,8 +131,7 @@ def summarize_generalized(expressions, presence_threshold=0.5, grec_score_thresh
                           sweep=PRESENCE_SWEEP):
     """expressions: [{"n_targets", "gt_boxes", "present" (probability or None), "terms" ((intersection, union) or
     None), "boxes" ([[x1, y1, x2, y2, score]])}] -> GRES totals at the top level, GREC ones prefixed "grec_",
-    "phrases" (how many),
-    "by_kind" (no / one / several targets), "presence_auroc" and "presence_sweep"."""
+    "phrases" (how many), "by_kind" (no / one / several targets), "presence_auroc" and "presence_sweep"."""
     def found(e, threshold):
         return e["present"] is None or e["present"] >= threshold
 
@@ -170,9 +169,10 @@ def format_generalized(stats):
     """Lines for a report: GRES and GREC totals, one row per kind, the presence AUROC and sweep."""
     def row(name, s):
         gres_part = (f"gIoU {s['giou']:.4f} | cIoU {s['ciou']:.4f} | " if "giou" in s else "")
+        mask_part = f"mask mIoU {s['mask_miou']:.4f} | " if "mask_miou" in s else ""
         return (f"  {name:<9} {gres_part}N-acc {s['n_acc']:.4f} | T-acc {s['t_acc']:.4f} | "
                 f"GREC Pr@(F1=1) {s['grec_pr_f1']:.4f} N-acc {s['grec_n_acc']:.4f} T-acc {s['grec_t_acc']:.4f} | "
-                + (f"mask mIoU {s['mask_miou']:.4f} | " if "mask_miou" in s else "") + f"{s.get('phrases', s.get('count'))} phrases")
+                f"{mask_part}{s.get('phrases', s.get('count'))} phrases")
 
     lines = [f"generalized (presence threshold {stats['presence_threshold']}, GREC boxes scored >= "
              f"{stats['grec_score_threshold']}, matched on {stats['grec_match']}):", row("all", stats)]
@@ -182,6 +182,6 @@ def format_generalized(stats):
                      + " ".join(f"{stats[f'pr@{t}']:.3f}" for t in GRES_PRECISIONS))
     if "presence_auroc" in stats:
         lines.append(f"  presence AUROC {stats['presence_auroc']:.4f}; threshold sweep (N-acc / T-acc / gIoU):")
-        lines.append("    " + "  ".join(f"{p['threshold']}: {p['n_acc']:.3f}/{p['t_acc']:.3f}/{p.get('giou', float('nan')):.3f}"
-                                       for p in stats["presence_sweep"]))
+        lines.append("    " + "  ".join(f"{p['threshold']}: {p['n_acc']:.3f}/{p['t_acc']:.3f}/"
+                                       f"{p.get('giou', float('nan')):.3f}" for p in stats["presence_sweep"]))
     return lines

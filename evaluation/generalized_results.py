@@ -1,5 +1,6 @@
 """engine.evaluate's results on a dataset with phrases of no target or several, read as evaluation.generalized_metrics
 needs them; and the mask scorer that GRES needs during a training run's validation."""
+from datasets import is_generalized
 from evaluation.generalized_metrics import summarize_generalized
 from evaluation.mask_metrics import MaskScorer
 from evaluation.predictions import image_box
@@ -9,8 +10,7 @@ from evaluation.segmentation_map import MASK_THRESHOLD
 def generalized_scorer(dataset, args):
     """For validating on a dataset with no-target or several-target phrases and masks: the mask scorer GRES needs
     (None otherwise: the box metrics alone)."""
-    generalized = getattr(dataset, "is_generalized", lambda: False)()
-    return MaskScorer(dataset, args, MASK_THRESHOLD) if generalized and dataset.has_masks() else None
+    return MaskScorer(dataset, args, MASK_THRESHOLD) if is_generalized(dataset) and dataset.has_masks() else None
 
 
 def generalized_expressions(results, dataset, args=None):

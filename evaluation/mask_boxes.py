@@ -15,13 +15,13 @@ def boxes_from_mask(prob, threshold, min_area=MIN_COMPONENT_AREA):
     binary = (prob > threshold).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     smallest = min_area * prob.shape[0] * prob.shape[1]
+    sums = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=count)  # every component's in one pass
     boxes = []
     for label in range(1, count):  # 0 is the background
         x, y, w, h, area = (int(v) for v in stats[label])
         if area < smallest:
             continue
-        score = float(prob[labels == label].mean())
-        boxes.append([float(x), float(y), float(x + w), float(y + h), round(score, 4)])
+        boxes.append([float(x), float(y), float(x + w), float(y + h), round(float(sums[label] / area), 4)])
     return sorted(boxes, key=lambda b: -b[4])
 
 

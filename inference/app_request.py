@@ -93,7 +93,8 @@ def ground(predictor, image_path, text, mask_threshold, show_masks, out_dir, mas
     for result in results:
         if mask_refine != "none":
             result["mask"] = refine_mask(mask_refine, rgb, result["box"], result["mask"], mask_threshold)
-        if "boxes" in result:  # read off the mask as the page cuts it
+        if "boxes" in result and (mask_refine != "none" or mask_threshold != predictor.mask_threshold):
+            # read off the mask as the page cuts it (the predictor's are at its own threshold, before refinement)
             result["boxes"] = boxes_from_mask(result["mask"], mask_threshold, predictor.component_area)
     seconds = time.perf_counter() - start
 

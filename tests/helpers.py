@@ -50,6 +50,21 @@ def synthetic_batch(args, batch=3, seed=0):
             "index": torch.arange(batch)}
 
 
+def trained_weights(args, batches, seed=0):
+    """The state dict of a model built from seed and trained one epoch over batches, as train.py's loop does."""
+    from engine import TrainState, train_one_epoch
+    from models import build_criterion, build_model
+    from train import build_optimizer
+
+    torch.manual_seed(seed)
+    model = build_model(args)
+    state = TrainState(model, build_criterion(args), build_optimizer(model, args),
+                       torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"), args,
+                       {"step": 0, "batch": 0, "train_seconds": 0.0})
+    train_one_epoch(state, batches, 0)
+    return model.state_dict()
+
+
 def without_dropout(model):
     """Dropout off (in place; returns model): runs to be compared must see the same network."""
     for module in model.modules():

@@ -9,16 +9,15 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import model_inputs, synthetic_batch, tiny_args, tiny_train_args, without_dropout
+from helpers import model_inputs, synthetic_batch, tiny_args, tiny_train_args, trained_weights, without_dropout
 from PIL import Image
 
 from datasets import build_dataset, collate_fn, demo, demo_gref, demo_scenes
 from datasets.records import check_record
 from datasets.transforms import NormalizeAndPad, RandomHorizontalFlip, RandomResize, RandomSizeCrop
 from datasets.validate import validate
-from engine import TrainState, train_one_epoch
 from models import build_criterion, build_model
-from train import build_optimizer, get_args_parser
+from train import get_args_parser
 
 IMAGE = "img.png"
 SQUARE = [[2, 2, 2, 12, 12, 12, 12, 2]]  # a polygon filling [2, 2, 12, 12]
@@ -157,14 +156,8 @@ def test_a_detached_presence_head_leaves_the_box_training_as_without_it():
     without the head ends; a shared head's loss moves them."""
     def trained(*extra):
         args = tiny_train_args("--clip_max_norm", "0.1", *extra)
-        torch.manual_seed(0)
-        model = build_model(args)
-        batches = [dict(synthetic_batch(args, 4, seed=k), n_targets=torch.tensor([1, 0, 2, 1])) for k in range(3)]
-        state = TrainState(model, build_criterion(args), build_optimizer(model, args),
-                           torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"), args,
-                           {"step": 0, "batch": 0, "train_seconds": 0.0})
-        train_one_epoch(state, batches, 0)
-        return model.state_dict()
+        return trained_weights(args, [dict(synthetic_batch(args, 4, seed=k), n_targets=torch.tensor([1, 0, 2, 1]))
+                                      for k in range(3)])
 
     plain = trained()
     detached = trained("--presence_head", "--presence_gradient", "head")

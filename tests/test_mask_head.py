@@ -7,20 +7,18 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import (model_inputs, noise_image, synthetic_batch, tiny_args, tiny_train_args, without_dropout,
-                     write_tiny_checkpoint)
+from helpers import (model_inputs, noise_image, synthetic_batch, tiny_args, tiny_train_args, trained_weights,
+                     without_dropout, write_tiny_checkpoint)
 from PIL import Image
 
 import eval as eval_script
 import predict
 from datasets import demo
-from engine import TrainState, train_one_epoch
 from inference.fast_path import prepare_for_inference
 from models import build_model
 from models.checkpoint import CheckpointError, load_from_checkpoint, load_weights, resolve_config, safe_load
 from models.criterion import build_criterion
 from models.mask_head import default_mask_stride
-from train import build_optimizer
 
 FINE = ("--mask_head", "fine")
 
@@ -106,13 +104,7 @@ def test_a_detached_head_leaves_the_rest_training_as_the_grid_head():
     head's."""
     def trained(*extra):
         args = tiny_train_args("--clip_max_norm", "0.1", *extra)
-        torch.manual_seed(0)
-        model = build_model(args)
-        state = TrainState(model, build_criterion(args), build_optimizer(model, args),
-                           torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"), args,
-                           {"step": 0, "batch": 0, "train_seconds": 0.0})
-        train_one_epoch(state, [synthetic_batch(args, 4, seed=k) for k in range(3)], 0)
-        return model.state_dict()
+        return trained_weights(args, [synthetic_batch(args, 4, seed=k) for k in range(3)])
 
     grid, fine = trained(), trained(*FINE)
     assert set(grid) < set(fine)
