@@ -45,13 +45,13 @@ def get_args_parser():
 
 def demo_examples(data_root, count):
     """[image path, phrase] of the first test images of the demo data (one phrase each), or [] without the data."""
-    from datasets.grounding import image_dir, index_files, load_index, parse_entry
+    from datasets.catalog import image_dir, index_files, load_entries, parse_entry
 
     path = index_files(Path(data_root) / "split", "demo", "test")[0]
     if count <= 0 or not path.is_file():
         return []
     examples, seen = [], set()
-    for entry in load_index(path, "demo"):
+    for entry in load_entries(path, "demo"):
         file_name, _, phrase, _ = parse_entry(entry, "demo")
         if file_name not in seen:
             seen.add(file_name)

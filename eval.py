@@ -37,7 +37,7 @@ from utils.options import AMP_CHOICES, add_backend_flags, add_process_group_flag
 from utils.runtime import compile_model, limit_opencv_threads, set_tf32
 
 # Flags that override the checkpoint's configuration when given.
-DATA_FLAGS = ("data_root", "split_root", "exif", "bert_model", "vocab_file")
+DATA_FLAGS = ("data_root", "split_root", "exif", "index_cache", "bert_model", "vocab_file")
 # The nine splits of the paper's tables (RefCOCO, RefCOCO+, RefCOCOg google and umd): --eval_sets paper.
 PAPER_SPLITS = "unc:val,unc:testA,unc:testB,unc+:val,unc+:testA,unc+:testB,gref:val,gref_umd:val,gref_umd:test"
 
@@ -84,6 +84,9 @@ def get_args_parser():
                                         "checkpoint's]")
     data.add_argument("--data_root", help="image root")
     data.add_argument("--split_root", help="folder holding <dataset>/<dataset>_<split>.pth")
+    data.add_argument("--index_cache",
+                      help="folder for the splits' index files (default: beside the split files when writable, else "
+                           "~/.cache/segvg/index; docs/data.md, \"The index cache\")")
     data.add_argument("--exif", choices=["apply", "ignore"],
                       help="EXIF orientation of a JSONL dataset's images: apply = its boxes refer to the image as "
                            "viewers show it, ignore = to the stored pixels [default: the checkpoint's, else apply]; "

@@ -101,9 +101,7 @@ def curve_validator(model, loader_val, run, args, device):
 
 def warn_presence_without_negatives(args, dataset):
     """--presence_head learns "not here" only from phrases with no target: say so once when there are none."""
-    parts = getattr(dataset, "datasets", [dataset])
-    if args.presence_head and not any(is_generalized(part) and any(part.n_targets(i) == 0 for i in range(len(part)))
-                                      for part in parts):
+    if args.presence_head and not (is_generalized(dataset) and (dataset.target_counts() == 0).any()):
         print(f"warning: --presence_head, but no training phrase of {args.dataset} has \"boxes\": [] (no target): "
               f"the head only ever sees phrases that are present and will not learn to say \"not found\" "
               f"(docs/generalized.md)")

@@ -1,6 +1,6 @@
 """Referring-expression datasets: the built-in ones in the TransVG/SegVG index format (docs/original.md, "Data") and
-any other in the JSON-lines format of datasets/records.py (docs/custom_data.md)."""
-import math
+any other in the JSON-lines format of datasets/records.py (docs/custom_data.md), read from the split's memory-mapped
+index (datasets/index)."""
 import random
 from pathlib import Path
 
@@ -9,141 +9,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .catalog import CATALOG, box_as_loaded, image_dir, index_files, is_builtin
 from .images import image_size as file_image_size
 from .images import read_rgb
-from .records import RecordError, check_record, index_path, rasterize, read_records, split_files, targets_of
+from .index import open_split_index
+from .records import rasterize, targets_of
 from .tokenizer import encode_text
-
-_COCO = {"image_dir": "other/images/mscoco/images/train2014", "box": "xywh", "fields": 5}
-CATALOG = {
-    "unc": dict(_COCO, splits=("train", "val", "trainval", "testA", "testB")),
-    "unc+": dict(_COCO, splits=("train", "val", "trainval", "testA", "testB")),
-    "gref": dict(_COCO, splits=("train", "val")),
-    "gref_umd": dict(_COCO, splits=("train", "val", "test")),
-    "referit": {"image_dir": "referit/images", "box": "xyxy", "fields": 5,
-                "splits": ("train", "val", "trainval", "test")},
-    "flickr": {"image_dir": "Flickr30k/flickr30k_images", "box": "xyxy", "fields": 3,
-               "splits": ("train", "val", "test")},
-    # Built-in synthetic set (datasets/demo.py); the 2nd field is the instance label in demo/masks/.
-    "demo": {"image_dir": "demo/images", "mask_dir": "demo/masks", "box": "xywh", "fields": 5,
-             "splits": ("train", "val", "test")},
-}
-
-# Lengths of the published index files (docs/data.md) and the demo defaults.
-EXPECTED_SIZES = {
-    "unc": {"train": 120624, "val": 10834, "testA": 5657, "testB": 5095},
-    "unc+": {"train": 120191, "val": 10758, "testA": 5726, "testB": 4889},
-    "gref": {"train": 85474, "val": 9536},
-    "gref_umd": {"train": 80512, "val": 4896, "test": 9602},
-    "referit": {"train": 54127, "val": 5842, "trainval": 59969, "test": 60103},
-    "flickr": {"train": 427193, "val": 14433, "test": 14481},
-    "demo": {"train": 20000, "val": 1000, "test": 1000},
-}
-
-
-def is_builtin(dataset):
-    return dataset in CATALOG
-
-
-def image_dir(data_root, dataset):
-    """Where a dataset's image paths start: a built-in one's image folder, --data_root itself for any other."""
-    return Path(data_root) / CATALOG[dataset]["image_dir"] if is_builtin(dataset) else Path(data_root)
-
-
-def how_to_get(dataset):
-    """One line telling the user how to obtain `dataset`."""
-    if dataset == "demo":
-        return ("Generate it with `python -m datasets.demo --output_dir DIR`, then pass --data_root DIR --split_root "
-                "DIR/split.")
-    if not is_builtin(dataset):
-        return (f"Write {dataset}_<split>.jsonl files there (docs/custom_data.md, or convert CSV / ODVG files with "
-                f"`python -m datasets.build_index`); check them with `python -m datasets.validate`.")
-    return ("Download the SegVG/TransVG data index files into --split_root and the images into --data_root as "
-            "docs/data.md describes; check the result with `python -m datasets.validate`.")
-
-
-def index_files(split_root, dataset, split):
-    """Index files that make up `split`; trainval is train + val except for referit (and JSONL datasets that have a
-    trainval file of their own)."""
-    if not is_builtin(dataset):
-        own = index_path(split_root, dataset, split)
-        if split == "trainval" and not own.is_file():
-            return [index_path(split_root, dataset, part) for part in ("train", "val")]
-        return [own]
-    splits = CATALOG[dataset]["splits"]
-    if split not in splits:
-        raise ValueError(f"dataset '{dataset}' has no split '{split}'; its splits are {list(splits)}")
-    parts = ["train", "val"] if split == "trainval" and dataset != "referit" else [split]
-    return [Path(split_root) / dataset / f"{dataset}_{part}.pth" for part in parts]
-
-
-def load_index(path, dataset):
-    """The entries of one index file (tuples; for JSONL files (where, record) pairs), with an error that says what
-    to do when the file is absent."""
-    path = Path(path)
-    if not path.is_file():
-        missing = f"index file {path}" if path.parent.is_dir() else f"index folder {path.parent}"
-        if not is_builtin(dataset) and path.parent.is_dir():
-            found = sorted(split_files(path.parent.parent, dataset))
-            missing += f" (the splits found: {', '.join(found) or 'none'})"
-        raise FileNotFoundError(f"{missing} not found. {how_to_get(dataset)}")
-    if path.suffix == ".jsonl":
-        return read_records(path)
-    try:
-        return list(torch.load(path, weights_only=True))
-    except Exception as err:
-        raise RuntimeError(f"cannot load index file {path}: {err}") from err
-
-
-def parse_entry(entry, dataset, float_boxes=False):
-    """One index entry -> (image file, xyxy box as the loader uses it, phrase, extra fields).
-
-    COCO-family boxes are x,y,w,h; like the original, each number is truncated to int before the
-    conversion to x1,y1,x2,y2 unless float_boxes (JSONL boxes too). Raises ValueError describing a malformed entry.
-    """
-    if not is_builtin(dataset):
-        where, record = entry
-        try:
-            file_name, values, phrase, extra = check_record(record)
-        except ValueError as err:
-            raise RecordError(f"{where}: {err}") from None
-        if not float_boxes:
-            values = values and [float(int(v)) for v in values]
-            if "boxes" in extra:
-                extra["boxes"] = [[float(int(v)) for v in box] for box in extra["boxes"]]
-        return file_name, values, phrase, {**extra, "where": where}
-    spec = CATALOG[dataset]
-    if not isinstance(entry, (tuple, list)) or len(entry) != spec["fields"]:
-        layout = "(file, box, phrase)" if spec["fields"] == 3 else "(file, id, box, phrase, attribute)"
-        raise ValueError(f"expected a {spec['fields']}-tuple {layout}, got {entry!r:.200}")
-    if spec["fields"] == 3:
-        file_name, box, phrase = entry
-        extra = {}
-    else:
-        file_name, ann_id, box, phrase, attribute = entry
-        extra = {"ann_id": ann_id, "attribute": attribute}
-    if not isinstance(file_name, str) or not file_name:
-        raise ValueError(f"image file name must be a non-empty string, got {file_name!r}")
-    if not isinstance(phrase, str):
-        raise ValueError(f"phrase must be a string, got {phrase!r}")
-    try:
-        values = [float(v) for v in box]
-    except (TypeError, ValueError):
-        values = []
-    if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"box must be 4 finite numbers, got {box!r}")
-    if not float_boxes:
-        values = [float(int(v)) for v in values]
-    if spec["box"] == "xywh":
-        values[2] += values[0]
-        values[3] += values[1]
-    return file_name, values, phrase, extra
-
-
-def number_images(keys):
-    """[image key of each sample] -> [number of its image], numbered in order of first appearance."""
-    numbers = {}
-    return [numbers.setdefault(key, len(numbers)) for key in keys]
 
 
 def is_generalized(dataset):
@@ -155,15 +26,19 @@ class GroundingDataset(Dataset):
     """One split of a referring-expression dataset; samples are dicts of tensors (see collate_fn)."""
 
     def __init__(self, data_root, split_root, dataset, split, transform, tokenizer, max_query_len,
-                 float_boxes=False, augment_seed=None, cache=False, with_masks=False, exif="apply"):
+                 float_boxes=False, augment_seed=None, cache=False, with_masks=False, exif="apply", index_cache=None):
         """with_masks: samples also carry gt_mask [S, S] and has_mask (the true mask, for --mask_supervision mask);
         without it no mask file is ever read. exif: the orientation a JSONL dataset's boxes refer to
-        (datasets.images); the built-in datasets always read the stored pixels, as their boxes were drawn on them."""
+        (datasets.images); the built-in datasets always read the stored pixels, as their boxes were drawn on them.
+        index_cache: the folder of the split's index file when not beside the split files (datasets.index)."""
         self.dataset = dataset
         self.exif = "ignore" if is_builtin(dataset) else exif
         self.split = split
         self.index_files = index_files(split_root, dataset, split)
-        self.entries = [entry for path in self.index_files for entry in load_index(path, dataset)]
+        # Every record is checked when the index is built: a bad line stops the run before it starts.
+        self.index = open_split_index(self.index_files, dataset, split, index_cache)
+        # The rows of the index this split keeps (None: all); datasets.mixed drops rows of evaluation images.
+        self.rows = None
         self.image_dir = image_dir(data_root, dataset)
         mask_dir = CATALOG.get(dataset, {}).get("mask_dir")
         self.mask_dir = Path(data_root) / mask_dir if mask_dir else None
@@ -176,58 +51,59 @@ class GroundingDataset(Dataset):
         self.epoch = 0
         # file name -> decoded image, phrase -> token ids and mask; each loader process fills its own copy.
         self.cache = {"images": {}, "texts": {}, "labels": {}} if cache else None
-        # A JSONL dataset's records are checked and parsed once, now: a bad line stops the run before it starts, and
-        # no sample re-checks its record at every epoch.
-        self.parsed = None
-        self._image_keys = self._image_ids = None
         # The last image decoded (evaluation reads an image's expressions one after another).
         self.last_image = (None, None)
-        if not is_builtin(dataset):
-            self.parsed = [self._parse(idx) for idx in range(len(self.entries))]
 
     def set_epoch(self, epoch):
         """With augment_seed, sample idx of epoch e is augmented from the seed (augment_seed, e, idx)."""
         self.epoch = epoch
 
     def __len__(self):
-        return len(self.entries)
+        return len(self.index) if self.rows is None else len(self.rows)
+
+    def row(self, idx):
+        """The index row of sample idx."""
+        return idx if self.rows is None else int(self.rows[idx])
+
+    def column(self, values):
+        """A per-row array of the index restricted to this split's samples."""
+        return values if self.rows is None else values[self.rows]
 
     def drop(self, indices):
         """Remove the samples `indices` from the split (the others keep their order and are renumbered)."""
-        out = set(indices)
-        keep = [k for k in range(len(self.entries)) if k not in out]
-        self.entries = [self.entries[k] for k in keep]
-        if self.parsed is not None:
-            self.parsed = [self.parsed[k] for k in keep]
-        self._image_keys = self._image_ids = None
+        kept = np.arange(len(self.index)) if self.rows is None else self.rows
+        dtype = np.int32 if len(self.index) < 1 << 31 else np.int64
+        self.rows = np.delete(kept, np.asarray(indices, np.int64)).astype(dtype)
 
     def image_keys(self):
-        """The image file of every sample (what makes two samples share an image)."""
-        if self._image_keys is None:
-            self._image_keys = [self._parse(idx)[0] for idx in range(len(self))]
-        return self._image_keys
+        """The image number of every sample in the split's image table (image_names()): what makes two samples
+        share an image."""
+        return self.column(self.index.image)
+
+    def image_names(self):
+        """The split's image files, by image number."""
+        return self.index.image_names()
 
     def image_id(self, idx):
         """A number per distinct image of the split (sample idx's)."""
-        if self._image_ids is None:
-            self._image_ids = number_images(self.image_keys())
-        return self._image_ids[idx]
+        return int(self.index.image[self.row(idx)])
 
     def _parse(self, idx):
-        if self.parsed is not None:
-            return self.parsed[idx]
-        try:
-            return parse_entry(self.entries[idx], self.dataset, self.float_boxes)
-        except RecordError:
-            raise
-        except ValueError as err:
-            raise ValueError(f"{self.dataset}/{self.split} sample {idx}: malformed index entry: {err}. "
-                             f"Run `python -m datasets.validate` on this dataset.") from None
+        """(image file, x1, y1, x2, y2 as the loader uses it or None, phrase, extra) of sample idx."""
+        r = self.row(idx)
+        file_name, values, phrase, extra = self.index.row(r)
+        if is_builtin(self.dataset):
+            return file_name, box_as_loaded(values, self.dataset, self.float_boxes), phrase, extra
+        if not self.float_boxes:
+            values = values and [float(int(v)) for v in values]
+            if "boxes" in extra:
+                extra["boxes"] = [[float(int(v)) for v in box] for box in extra["boxes"]]
+        return file_name, values, phrase, {**extra, "where": self.index.where(r)}
 
     def _where(self, idx):
         """How errors name sample idx: its file and line for a JSONL dataset."""
         if not is_builtin(self.dataset):
-            return self.entries[idx][0]
+            return self.index.where(self.row(idx))
         return f"{self.dataset}/{self.split} sample {idx}"
 
     def sample_info(self, idx):
@@ -259,20 +135,21 @@ class GroundingDataset(Dataset):
     def has_masks(self):
         """Whether any sample has a ground-truth mask (the demo's instance masks, "mask" or "masks" in JSONL
         records)."""
-        if self.mask_dir is not None:
-            return True
-        return not is_builtin(self.dataset) and any("mask" in record or "masks" in record
-                                                    for _, record in self.entries)
+        return self.mask_dir is not None or bool(self.column(self.index.mask_rows()).any())
 
     def n_targets(self, idx):
         """How many objects sample idx's phrase refers to: 0, 1 or several ("boxes" records; 1 for any other)."""
-        if self.parsed is None:
-            return 1
-        return len(self.parsed[idx][3].get("boxes", [None]))
+        count = -1 if self.index.targets is None else int(self.index.targets[self.row(idx)])
+        return 1 if count < 0 else count
+
+    def target_counts(self):
+        """n_targets of every sample (an array)."""
+        return self.column(self.index.target_counts())
 
     def is_generalized(self):
         """Whether some phrase of the split has no target or several (a gRefCOCO-like dataset)."""
-        return self.parsed is not None and any(len(extra.get("boxes", [None])) != 1 for *_, extra in self.parsed)
+        boxes_form = self.index.boxes_form()
+        return boxes_form is not None and bool((self.column(boxes_form) & (self.target_counts() != 1)).any())
 
     def gt_mask(self, idx, image_size=None):
         """Ground-truth mask of sample idx at its image's size, bool [H, W] (the union of its targets' masks, empty

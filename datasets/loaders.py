@@ -1,12 +1,14 @@
 """From index files to DataLoaders: the dataset of a split, the batch format, the training and validation loaders."""
 import argparse
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 
+from .catalog import index_files, is_builtin
 from .grounding import GroundingDataset
 from .mixed import TRAINING_SPLITS, MixedDataset, dataset_names, drop_evaluation_images, read_holdout_list
-from .samplers import ImageBatchSampler, MixSampler, ResumableBatchSampler, world_and_rank
+from .samplers import ImageBatchSampler, MixSampler, ResumableBatchSampler, ShuffledSampler, world_and_rank
 from .tokenizer import build_tokenizer
 from .transforms import make_transforms
 
@@ -17,17 +19,25 @@ def build_dataset(split, args, tokenizer=None, augment=None):
     """Split `split` of args.dataset: training augmentation for train/trainval (drawn per sample from args.seed, the
     epoch and the index), the eval transform otherwise; augment=False forces the eval transform. Several datasets
     (--dataset A,B) give a MixedDataset; its training split without the images of any evaluation split
-    (datasets.mixed), what was dropped in its `dropped` ({dataset: {"kept", "dropped", "dropped_images"}})."""
+    (datasets.mixed), what was dropped in its `dropped` ({dataset: {"kept", "dropped", "dropped_images"}}). A JSONL
+    dataset of a mix without the evaluation split asked for (Visual Genome has a training split only) is left out of
+    it."""
     names = dataset_names(args.dataset)
     if len(names) == 1:
         return build_single_dataset(split, args, tokenizer, augment)
     tokenizer = tokenizer or build_tokenizer(args)
+    if split not in TRAINING_SPLITS:
+        absent = [name for name in names
+                  if not is_builtin(name) and not all(f.is_file() for f in index_files(args.split_root, name, split))]
+        if absent and len(absent) < len(names):
+            print(f"{', '.join(absent)}: no {split} split; the mix's {split} split is the other datasets'")
+            names = [name for name in names if name not in absent]
     parts = [build_single_dataset(split, argparse.Namespace(**{**vars(args), "dataset": name}), tokenizer, augment)
              for name in names]
     dropped = None
     if split in TRAINING_SPLITS and not args.allow_test_images:
         holdout = read_holdout_list(args.holdout_images) if args.holdout_images else set()
-        dropped = drop_evaluation_images(parts, args.split_root, holdout)
+        dropped = drop_evaluation_images(parts, args.split_root, holdout, args.index_cache or None)
     mixed = MixedDataset(parts)
     mixed.dropped = dropped
     return mixed
@@ -50,6 +60,7 @@ def build_single_dataset(split, args, tokenizer=None, augment=None):
         cache=args.cache_data,
         with_masks=with_masks,
         exif=args.exif,
+        index_cache=args.index_cache or None,
     )
     if with_masks and not dataset.has_masks():
         raise ValueError(f"--mask_supervision mask: no sample of {args.dataset}/{split} has a mask; give the records "
@@ -94,8 +105,7 @@ def build_eval_loader(dataset, batch_size, num_workers, pin_memory=False, seed=0
     expressions of an image in one batch where they fit, each image sent once (collate_by_image)."""
     world, rank = world_and_rank()
     if isinstance(dataset, Subset):
-        keys = dataset.dataset.image_keys()
-        keys = [keys[i] for i in dataset.indices]
+        keys = np.asarray(dataset.dataset.image_keys())[np.asarray(dataset.indices, np.int64)]
     else:
         keys = dataset.image_keys()
     return DataLoader(dataset, batch_sampler=ImageBatchSampler(keys, batch_size, rank, world),
@@ -129,9 +139,12 @@ def build_loaders(args, tokenizer):
         if not isinstance(dataset_train, MixedDataset):
             raise ValueError("--dataset_ratios needs several datasets in --dataset")
         ratios = parse_ratios(args.dataset_ratios, len(dataset_train.datasets))
+        empty = [name for name, part in zip(dataset_train.names, dataset_train.datasets) if not len(part)]
+        if empty:
+            raise ValueError(f"--dataset_ratios: {', '.join(empty)} has no training sample to draw")
         sampler_train = MixSampler([len(d) for d in dataset_train.datasets], ratios, args.seed, rank, world)
     else:
-        sampler_train = DistributedSampler(dataset_train, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+        sampler_train = ShuffledSampler(dataset_train, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
     pin = torch.device(args.device).type == "cuda"
     batches = ResumableBatchSampler(sampler_train, args.batch_size, drop_last=True)
     # Each loader draws its workers' base seed from its own generator, not from the global stream that dropout

@@ -9,9 +9,11 @@ import bisect
 import re
 from pathlib import Path
 
+import numpy as np
 from torch.utils.data import ConcatDataset
 
-from .grounding import CATALOG, load_index, number_images, parse_entry
+from .catalog import CATALOG
+from .index import open_split_index
 from .records import split_files
 
 # Datasets that draw their images from one collection: an image of one may be an image of another.
@@ -59,40 +61,56 @@ def read_holdout_list(path):
     return keys
 
 
-def evaluation_images(split_root, source):
-    """{image key: "dataset/split"} of every val / test split of the datasets of `source` found under split_root."""
-    held = {}
-    candidates = [name for name, own in SOURCES.items() if own == source and name in CATALOG]
-    for dataset in candidates:
-        for split in CATALOG[dataset]["splits"]:
-            path = Path(split_root) / dataset / f"{dataset}_{split}.pth"
-            if split not in TRAINING_SPLITS and path.is_file():
-                for entry in load_index(path, dataset):
-                    held.setdefault(image_key(parse_entry(entry, dataset)[0]), f"{dataset}/{split}")
+def evaluation_images(split_root, source, index_cache=None):
+    """{image key: "dataset/split"} of every val / test split of the datasets of `source` found under split_root, read
+    from the splits' indexes (built if need be)."""
+    splits = []
+    for dataset in (name for name, own in SOURCES.items() if own == source and name in CATALOG):
+        splits += [(dataset, split, Path(split_root) / dataset / f"{dataset}_{split}.pth")
+                   for split in CATALOG[dataset]["splits"]]
     # JSONL datasets: one of a known source (gRefCOCO, written by datasets.build_index), or its own source.
     jsonl = [name for name, own in SOURCES.items() if own == source and name not in CATALOG]
     for dataset in jsonl if source in SOURCES.values() else [source]:
-        for split, path in split_files(Path(split_root), dataset).items():
-            if split not in TRAINING_SPLITS:
-                for where, record in load_index(path, dataset):
-                    held.setdefault(image_key(record["image"]), f"{dataset}/{split}")
+        splits += [(dataset, split, path) for split, path in split_files(Path(split_root), dataset).items()]
+    held = {}
+    for dataset, split, path in splits:
+        if split in TRAINING_SPLITS or not path.is_file():
+            continue
+        index = open_split_index([path], dataset, split, index_cache)
+        for name in index.image_names():
+            held.setdefault(image_key(name), f"{dataset}/{split}")
+        if index.coco_id is not None:
+            for coco_id in np.unique(index.coco_id[index.coco_id >= 0]).tolist():
+                held.setdefault(("coco", coco_id), f"{dataset}/{split}")
     return held
 
 
-def drop_evaluation_images(datasets, split_root, holdout=()):
+def drop_evaluation_images(datasets, split_root, holdout=(), index_cache=None):
     """Drop from each training dataset (in place) the expressions whose image is in an evaluation split of its image
-    source under split_root or in holdout (image keys). -> {dataset: {"kept", "dropped", "dropped_images"}}"""
+    source under split_root or in holdout (image keys); a record's "coco_id" is checked against the COCO-based
+    splits too. -> {dataset: {"kept", "dropped", "dropped_images"}}"""
     report, held_by_source = {}, {}
     for dataset in datasets:
-        source = source_of(dataset.dataset)
-        if source not in held_by_source:
-            held_by_source[source] = evaluation_images(split_root, source)
-        held = held_by_source[source]
-        files = dataset.image_keys()
-        out = [k for k, name in enumerate(files) if image_key(name) in held or image_key(name) in holdout]
-        report[dataset.dataset] = {"kept": len(files) - len(out), "dropped": len(out),
-                                   "dropped_images": sorted({files[k] for k in out})}
-        dataset.drop(out)
+        sources = [source_of(dataset.dataset)] + (["coco"] if dataset.index.coco_id is not None else [])
+        held = set(holdout)
+        for source in sources:
+            if source not in held_by_source:
+                held_by_source[source] = evaluation_images(split_root, source, index_cache)
+            held.update(held_by_source[source])
+        names = dataset.image_names()
+        images = dataset.image_keys()
+        out = np.array([image_key(name) in held for name in names], bool)[images]
+        if dataset.index.coco_id is not None:
+            held_ids = [key[1] for key in held if key[0] == "coco"]
+            out |= np.isin(dataset.column(dataset.index.coco_id), np.array(held_ids, np.int64))
+        indices = np.flatnonzero(out)
+        report[dataset.dataset] = {"kept": len(images) - len(indices), "dropped": len(indices),
+                                   "dropped_images": sorted(names[k] for k in np.unique(images[indices]))}
+        if len(indices) == len(images) and len(images):
+            raise ValueError(f"{dataset.dataset}/{dataset.split}: the image of every training expression is in an "
+                             f"evaluation split (or --holdout_images); nothing of it is left to train on. Leave it out "
+                             f"of --dataset, or give --allow_test_images")
+        dataset.drop(indices)
     return report
 
 
@@ -104,7 +122,7 @@ class MixedDataset(ConcatDataset):
         super().__init__(datasets)
         self.names = [d.dataset for d in datasets]
         self.dataset = "+".join(self.names)
-        self._image_keys = self._image_ids = None
+        self._image_keys = None
 
     def part(self, idx):
         """(the dataset of sample idx, its index there)."""
@@ -141,15 +159,22 @@ class MixedDataset(ConcatDataset):
         dataset, local = self.part(idx)
         return dataset.load_image(local)
 
+    def target_counts(self):
+        return np.concatenate([d.target_counts() for d in self.datasets])
+
     def image_keys(self):
-        if self._image_keys is None:  # the image's path: two datasets may share an image folder
-            self._image_keys = [str(d.image_dir / key) for d in self.datasets for key in d.image_keys()]
+        """The mix's number of each sample's image (one per image path: two datasets may share an image folder)."""
+        if self._image_keys is None:
+            numbers, parts = {}, []
+            for d in self.datasets:
+                table = np.array([numbers.setdefault(str(d.image_dir / name), len(numbers))
+                                  for name in d.image_names()], np.int64)
+                parts.append(table[d.image_keys()] if len(d) else np.zeros(0, np.int64))
+            self._image_keys = np.concatenate(parts)
         return self._image_keys
 
     def image_id(self, idx):
-        if self._image_ids is None:
-            self._image_ids = number_images(self.image_keys())
-        return self._image_ids[idx]
+        return int(self.image_keys()[idx])
 
     def __getitem__(self, idx):
         dataset, local = self.part(idx)

@@ -2,9 +2,10 @@
 
 <split_root>/NAME/NAME_<split>.jsonl holds one JSON object per line:
     {"image": "relative/path.jpg", "phrase": "the mug left of the laptop", "box": [x1, y1, x2, y2]}
-with optional "id", "type" (metrics are also reported per type) and "mask" (COCO polygons [[x, y, ...], ...] or an
-RLE {"size": [h, w], "counts": ...}). A phrase with zero, one or several targets gives "boxes": [[x1, y1, x2, y2], ...]
-in place of "box" ([] for none), with an optional "masks" list aligned with it. Image paths are relative to
+with optional "id", "type" (metrics are also reported per type), "coco_id" (the COCO image id of the same photo, which
+keeps it out of training when a COCO-based evaluation split holds it) and "mask" (COCO polygons [[x, y, ...], ...] or
+an RLE {"size": [h, w], "counts": ...}). A phrase with zero, one or several targets gives "boxes": [[x1, y1, x2, y2],
+...] in place of "box" ([] for none), with an optional "masks" list aligned with it. Image paths are relative to
 --data_root. Every problem is reported as `file:line: what is wrong (what to do)`.
 """
 import json
@@ -35,60 +36,66 @@ def split_files(split_root, dataset):
     return {p.stem[len(prefix):]: p for p in sorted(folder.glob(f"{prefix}*.jsonl"))}
 
 
-def read_records(path, problems=None):
-    """[(where, record)] of a JSONL file, where = "file:line". A malformed line raises RecordError, or with a
-    problems list is appended to it and skipped."""
+def iter_records(path, problems=None):
+    """(where, record) of each line of a JSONL file, read as it goes, where = "file:line". A malformed line raises
+    RecordError, or with a problems list is appended to it and skipped."""
     path = Path(path)
-    records = []
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             where = f"{path}:{n}"
             try:
-                records.append((where, json.loads(line)))
-            except json.JSONDecodeError as err:
-                error = RecordError(f"{where}: malformed JSON ({err.msg} at column {err.colno}); fix or remove the "
-                                    f"line")
+                yield where, json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                reason = (f"malformed JSON ({err.msg} at column {err.colno})" if isinstance(err, json.JSONDecodeError)
+                          else "not UTF-8 text")
+                error = RecordError(f"{where}: {reason}; fix or remove the line")
                 if problems is None:
                     raise error from None
                 problems.append(str(error))
-    return records
 
 
 def check_record(record):
     """-> (image, [x1, y1, x2, y2] floats, phrase, extra) of a valid record; ValueError with what is wrong and what to
-    do otherwise. A "boxes" record gives the union of its boxes as the box (None when it has no target) and extra
-    "boxes" (and "masks"). What needs the image (boxes and masks inside it, an RLE's size) is check_against_image's."""
-    if not isinstance(record, dict):
+    do otherwise. extra holds "type", "id" and "coco_id" where given, then "mask" for a "box" record, or "boxes" (and
+    "masks") for a "boxes" record, whose box is the union of its boxes (None when it has no target). What needs the
+    image (boxes and masks inside it, an RLE's size) is check_against_image's."""
+    if type(record) is not dict:
         raise ValueError(f"expected a JSON object with \"image\", \"phrase\" and \"box\" (or \"boxes\"), got "
                          f"{type(record).__name__} (write one object per line)")
-    missing = [key for key in REQUIRED if key not in record]
-    if "box" not in record and "boxes" not in record:
-        missing.append("box")
-    if missing:
-        raise ValueError(f"missing key {', '.join(repr(k) for k in missing)} (every line needs \"image\", "
-                         f"\"phrase\" and \"box\", or \"boxes\" for zero or several targets)")
-    if "box" in record and "boxes" in record:
+    image, phrase = record.get("image"), record.get("phrase")
+    has_box, has_boxes = "box" in record, "boxes" in record
+    if image is None or phrase is None or not (has_box or has_boxes):
+        missing = [key for key in REQUIRED if key not in record] + ([] if has_box or has_boxes else ["box"])
+        if missing:
+            raise ValueError(f"missing key {', '.join(repr(k) for k in missing)} (every line needs \"image\", "
+                             f"\"phrase\" and \"box\", or \"boxes\" for zero or several targets)")
+    if has_box and has_boxes:
         raise ValueError("both \"box\" and \"boxes\" (keep \"box\" for one target, or \"boxes\" for zero, one or "
                          "several)")
-    if "masks" in record and "boxes" not in record:
+    if has_box and "masks" in record:
         raise ValueError("\"masks\" goes with \"boxes\" (with \"box\" give one \"mask\")")
-    if "mask" in record and "boxes" in record:
+    if has_boxes and "mask" in record:
         raise ValueError("\"mask\" goes with \"box\" (with \"boxes\" give \"masks\", one per box)")
-    image, phrase = record["image"], record["phrase"]
-    if not isinstance(image, str) or not image.strip():
+    if type(image) is not str or not image.strip():
         raise ValueError(f"\"image\" must be a non-empty path relative to --data_root, got {image!r}")
-    if not isinstance(phrase, str) or not phrase.strip():
+    if type(phrase) is not str or not phrase.strip():
         raise ValueError("empty phrase (give the expression that refers to the object, or remove the line)")
     extra = {}
-    if "type" in record:
-        if not isinstance(record["type"], str) or not record["type"]:
-            raise ValueError(f"\"type\" must be a non-empty string, got {record['type']!r}")
-        extra["type"] = record["type"]
-    if "id" in record:
-        extra["id"] = record["id"]
-    if "box" in record:
+    if len(record) > 3:
+        if "type" in record:
+            if not isinstance(record["type"], str) or not record["type"]:
+                raise ValueError(f"\"type\" must be a non-empty string, got {record['type']!r}")
+            extra["type"] = record["type"]
+        if "id" in record:
+            extra["id"] = record["id"]
+        if "coco_id" in record:
+            coco_id = record["coco_id"]
+            if type(coco_id) is not int or coco_id < 0:
+                raise ValueError(f"\"coco_id\" must be a COCO image id (a whole number), got {coco_id!r}")
+            extra["coco_id"] = coco_id
+    if has_box:
         box = check_box(record["box"], "box")
         if "mask" in record:
             check_mask(record["mask"])
@@ -116,16 +123,24 @@ def check_record(record):
     return image, union_box(extra["boxes"]), phrase, extra
 
 
+NUMBERS = {int, float}
+
+
 def check_box(box, name):
     """[x1, y1, x2, y2] as floats, or ValueError naming the field."""
-    if (not isinstance(box, list) or len(box) != 4
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
-        raise ValueError(f"{name} must be four numbers [x1, y1, x2, y2], got {json.dumps(box)[:80]}")
-    box = [float(v) for v in box]
-    if box[2] <= box[0] or box[3] <= box[1]:
-        raise ValueError(f"degenerate {name} {box} (x2 must exceed x1 and y2 exceed y1; boxes are [x1, y1, x2, y2], "
-                         f"not [x, y, w, h])")
-    return box
+    try:
+        x1, y1, x2, y2 = box if type(box) is list else ()
+        if not {type(x1), type(y1), type(x2), type(y2)} <= NUMBERS:
+            raise ValueError
+        x1, y1, x2, y2 = float(x1), float(y1), float(x2), float(y2)
+        if not (math.isfinite(x1) and math.isfinite(y1) and math.isfinite(x2) and math.isfinite(y2)):
+            raise ValueError
+    except (ValueError, OverflowError):
+        raise ValueError(f"{name} must be four numbers [x1, y1, x2, y2], got {json.dumps(box)[:80]}") from None
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"degenerate {name} {[x1, y1, x2, y2]} (x2 must exceed x1 and y2 exceed y1; boxes are "
+                         f"[x1, y1, x2, y2], not [x, y, w, h])")
+    return [x1, y1, x2, y2]
 
 
 def union_box(boxes):

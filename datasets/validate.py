@@ -15,9 +15,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .grounding import CATALOG, EXPECTED_SIZES, how_to_get, image_dir, index_files, is_builtin, load_index, parse_entry
+from .catalog import CATALOG, EXPECTED_SIZES, how_to_get, image_dir, index_files, is_builtin, load_entries, parse_entry
 from .images import TRANSPOSING, decode, read_rgb
-from .records import KINDS, check_against_image, check_record, read_records, split_files, target_kind, targets_of
+from .records import KINDS, check_against_image, check_record, iter_records, split_files, target_kind, targets_of
 
 
 def validate(dataset, data_root, split_root, splits=None, out=None, check_images=True, exif="apply"):
@@ -42,7 +42,7 @@ def validate(dataset, data_root, split_root, splits=None, out=None, check_images
         for path in index_files(split_root, dataset, split):
             part = path.stem[len(dataset) + 1:]
             try:
-                entries = load_index(path, dataset)
+                entries = load_entries(path, dataset)
             except (FileNotFoundError, RuntimeError) as err:
                 problems.append(str(err))
                 print(f"  {part:<10}{'missing' if isinstance(err, FileNotFoundError) else 'unreadable':>10}", file=out)
@@ -105,9 +105,9 @@ def validate_records(dataset, data_root, split_root, splits, out, check_images, 
         problems.append(f"no {dataset}_<split>.jsonl file in {folder}. {how_to_get(dataset)}")
     uses = defaultdict(list)  # image -> [(split, where, [(box, mask)])]
     for split, path in files.items():
-        records = read_records(path, problems)
-        kinds = defaultdict(int)
-        for where, record in records:
+        kinds, lines = defaultdict(int), 0
+        for where, record in iter_records(path, problems):
+            lines += 1
             try:
                 image, box, _, extra = check_record(record)
             except ValueError as err:
@@ -120,7 +120,7 @@ def validate_records(dataset, data_root, split_root, splits, out, check_images, 
         valid = sum(kinds.values())
         generalized = (f" (targets: {', '.join(f'{kinds[k]} {k}' for k in KINDS)})" if kinds["one"] != valid
                        else "")
-        print(f"  {split:<10}{valid:>10} valid records of {len(records)}{generalized}", file=out)
+        print(f"  {split:<10}{valid:>10} valid records of {lines}{generalized}", file=out)
     root = Path(data_root or ".")
     tagged = defaultdict(set)  # split -> its images whose EXIF orientation is not 1
     for image, refs in tqdm(sorted(uses.items()), desc="images", unit="img", disable=not uses):

@@ -200,7 +200,7 @@ def load_detr_weights(model, path):
 # Settings of the run that trained, never taken from a checkpoint: the run that loads it has its own.
 RUN_KEYS = {"output_dir", "device", "batch_size", "num_workers", "resume", "auto_resume", "dist_url", "dist_timeout",
             "tensorboard", "seed", "amp", "deterministic", "rank", "world_size", "gpu", "distributed", "channels_last",
-            "checkpoint_activations", "compile", "tf32"}
+            "checkpoint_activations", "compile", "tf32", "index_cache"}
 # An official checkpoint's paths are its authors' machine; its data flags are not ours either.
 OFFICIAL_SKIP = RUN_KEYS | {"data_root", "split_root", "detr_model", "bert_model", "vocab_file"}
 

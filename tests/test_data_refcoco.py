@@ -8,7 +8,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from datasets import build_dataset, collate_fn, encode_text
-from datasets.grounding import CATALOG, index_files, parse_entry
+from datasets.catalog import CATALOG, index_files, parse_entry
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
 from datasets.validate import main as validate_main
 from datasets.validate import validate
@@ -160,7 +160,8 @@ def test_cache_data_gives_the_same_samples_and_keeps_the_images_intact(refcoco):
                 assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), (epoch, idx, key)
     assert len(cached.cache["images"]) == len(KINDS) and plain.cache is None
     for idx in range(len(cached)):
-        np.testing.assert_array_equal(cached.cache["images"][cached.entries[idx][0]], plain.load_image(idx))
+        file_name = cached.image_names()[cached.image_id(idx)]
+        np.testing.assert_array_equal(cached.cache["images"][file_name], plain.load_image(idx))
 
 
 def test_trainval_is_train_plus_val(refcoco):
@@ -193,9 +194,13 @@ def test_errors_name_the_path_and_what_to_do(refcoco, tmp_path):
     (refcoco / "images" / IMAGE_DIR / coco_name(1)).write_bytes(b"\xff\xd8 not a jpeg")
     with pytest.raises(RuntimeError, match=r"unc/train sample 0: cannot read image .*000000000001\.jpg"):
         ds[0]
-    ds.entries[2] = ("x.jpg", [1, 2, 3, 4], "three fields")
-    with pytest.raises(ValueError, match=r"unc/train sample 2: malformed index entry: expected a 5-tuple"):
-        ds[2]
+    # A malformed tuple stops the run when the split is opened (its index is built), naming the file and entry.
+    path = refcoco / "split" / "unc" / "unc_train.pth"
+    entries = torch.load(path, weights_only=True)
+    entries[2] = ("x.jpg", [1, 2, 3, 4], "three fields")
+    torch.save(entries, path)
+    with pytest.raises(ValueError, match=r"unc_train\.pth\[2\]: malformed index entry: expected a 5-tuple"):
+        build_dataset("train", args_for(refcoco))
 
 
 def test_truncated_jpeg_is_an_error(refcoco):

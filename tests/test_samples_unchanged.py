@@ -71,7 +71,8 @@ CASES = {  # name -> flags
 def args_for(root, flags):
     return get_args_parser().parse_args(
         ["--data_root", str(root), "--split_root", str(root / "split"), "--imsize", "40", "--max_query_len", "8",
-         "--batch_size", "3", "--num_workers", "0", "--device", "cpu", "--bert_model", "bert-base-uncased", "--seed", "3", *flags])
+         "--batch_size", "3", "--num_workers", "0", "--device", "cpu", "--bert_model", "bert-base-uncased",
+         "--seed", "3", *flags])
 
 
 def plain(value):

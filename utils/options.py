@@ -165,6 +165,10 @@ def _add_data_flags(parser):
     data.add_argument("--data_root", default="data/images", help="image root (docs/data.md has the layout)")
     data.add_argument("--split_root", default="data/split",
                       help="folder holding <dataset>/<dataset>_<split>.pth index files")
+    data.add_argument("--index_cache", default="",
+                      help="folder for the splits' index files (default: beside the split files when that folder is "
+                           "writable, else ~/.cache/segvg/index); built once per node, shared by every process "
+                           "(docs/data.md, \"The index cache\")")
     data.add_argument("--exif", default="apply", choices=["apply", "ignore"],
                       help="EXIF orientation of your own JSONL datasets' images: apply = boxes and masks refer to the "
                            "image as viewers (and annotation tools) show it, ignore = to the pixels as stored; the "

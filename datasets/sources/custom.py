@@ -4,28 +4,12 @@ index files. Each writes <split_root>/NAME/NAME_<split>.jsonl atomically, then v
 too when --data_root is given)."""
 import csv
 import json
-import math
 from pathlib import Path
 
-from .grounding import CATALOG, image_dir, index_files, is_builtin, load_index, parse_entry
-from .records import index_path, write_jsonl
-from .validate import validate
+from ..catalog import CATALOG, image_dir, index_files, is_builtin, load_entries, parse_entry
+from .common import ConvertError, number, require, write_and_check
 
 CSV_COLUMNS = ("image", "phrase", "x1", "y1", "x2", "y2")
-
-
-class ConvertError(Exception):
-    """A source that cannot be converted; the message names the file and the line."""
-
-
-def number(value, where, column):
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        raise ConvertError(f"{where}: {column} is not a number: {value!r}") from None
-    if not math.isfinite(result):
-        raise ConvertError(f"{where}: {column} is not a finite number: {value!r}")
-    return int(result) if result.is_integer() else result
 
 
 def csv_records(path):
@@ -79,7 +63,7 @@ def builtin_records(dataset, split_root, split, float_boxes):
     prefix = Path(image_dir("", dataset))
     records = []
     for path in index_files(split_root, dataset, split):
-        for n, entry in enumerate(load_index(path, dataset)):
+        for n, entry in enumerate(load_entries(path, dataset)):
             try:
                 file_name, box, phrase, extra = parse_entry(entry, dataset, float_boxes)
             except ValueError as err:
@@ -90,14 +74,6 @@ def builtin_records(dataset, split_root, split, float_boxes):
                 record["type"] = extra["attribute"]
             records.append(record)
     return records
-
-
-def write_and_check(records_by_split, dataset, split_root, data_root):
-    for split, records in records_by_split.items():
-        path = index_path(split_root, dataset, split)
-        write_jsonl(path, records)
-        print(f"wrote {len(records)} records to {path}")
-    return validate(dataset, data_root or "", split_root, list(records_by_split), check_images=bool(data_root))
 
 
 def check_name(name):
@@ -122,12 +98,6 @@ def convert_builtin(opts):
     splits = [s for s in CATALOG[opts.dataset]["splits"] if s != "trainval" or opts.dataset == "referit"]
     built = {s: builtin_records(opts.dataset, opts.split_root, s, opts.float_boxes) for s in splits}
     return write_and_check(built, opts.out_dataset, opts.split_root, opts.data_root)
-
-
-def require(path):
-    if not Path(path).is_file():
-        raise ConvertError(f"{path} not found")
-    return path
 
 
 CONVERTERS = {"csv": convert_csv, "odvg": convert_odvg, "jsonl": convert_builtin}

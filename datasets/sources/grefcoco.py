@@ -16,8 +16,8 @@ from pathlib import Path
 
 from utils.files import load_plain_pickle
 
-from .convert import ConvertError, write_and_check
-from .records import KINDS, target_kind
+from ..records import KINDS, target_kind
+from .common import ConvertError, write_and_check
 
 NAME = "grefcoco"
 SPLITS = ("train", "val", "testA", "testB")
