@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from evaluation.mask_boxes import add_answer_flags
+from evaluation.presence import add_answer_flags
 from evaluation.mask_refine import add_mask_refine_flag
 from models.checkpoint import CheckpointError
 from utils.files import FileWriteError
@@ -65,7 +65,8 @@ def build_predictor(opts):
     from inference import SegVGPredictor
 
     options = {"exif": opts.exif, "presence_threshold": opts.presence_threshold,
-               "boxes_from_mask": opts.boxes_from_mask, "min_component_area": opts.min_component_area}
+               "boxes_from_mask": opts.boxes_from_mask, "min_component_area": opts.min_component_area,
+               "presence_from": opts.presence_from, "mask_presence_top": opts.mask_presence_top}
     if opts.backend == "onnxruntime":
         return SegVGPredictor.from_onnx(opts.onnx, opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file,
                                         **options)

@@ -19,6 +19,7 @@ from evaluation.box_metrics import prediction_ious, summarize, summarize_by_grou
 from evaluation.generalized_metrics import format_generalized
 from evaluation.generalized_results import summarize_generalized_results
 from evaluation.mask_metrics import MAPS, summarize_mask_results
+from evaluation.presence import MASK_PRESENCE_TOP, mask_presence
 from evaluation.segmentation_map import canvas_probabilities, segmentation_confidence
 from models.checkpoint import CheckpointError, json_config, load_state_dict_checked, safe_load, tokenizer_info
 from utils.distributed import all_gather_object, get_world_size, is_main_process, reduce_mean
@@ -175,14 +176,16 @@ def train_one_epoch(state, data_loader, epoch, logger=None):
 
 
 @torch.inference_mode()
-def evaluate(model, data_loader, device, amp="off", desc="Eval", mask_scorer=None):
+def evaluate(model, data_loader, device, amp="off", desc="Eval", mask_scorer=None,
+             mask_presence_top=MASK_PRESENCE_TOP):
     """Box IoU of every sample of data_loader.dataset, each counted exactly once whatever the world size.
 
     Each rank predicts its shard (datasets.build_eval_loader: by image, each image's CNN once for its expressions);
     the per-sample results are gathered by dataset index. Returns {index: (IoU, predicted box [cx, cy, w, h],
-    segmentation confidence, mask terms, {"present": presence probability or None, "boxes": the mask's component
-    boxes or None})} on every rank; the mask terms and boxes are mask_scorer.score_sample(index, seg_logits, box)'s
-    (evaluation.mask_metrics.MaskScorer), None without one.
+    segmentation confidence, mask terms, {"present": presence probability or None, "mask_present": the map's
+    presence score (evaluation.presence), "boxes": the mask's component boxes or None})} on every rank; the mask
+    terms and boxes are mask_scorer.score_sample(index, seg_logits, box)'s (evaluation.mask_metrics.MaskScorer), None
+    without one.
     """
     model.eval()
     local = {}
@@ -194,7 +197,9 @@ def evaluate(model, data_loader, device, amp="off", desc="Eval", mask_scorer=Non
                             image_index=batch.get("image_index"))
         boxes = outputs["pred_boxes"].float()
         ious = prediction_ious(boxes, batch["target"])
-        confidence = segmentation_confidence(canvas_probabilities(outputs["seg_logits"], batch["img"].shape[-1]))
+        prob = canvas_probabilities(outputs["seg_logits"], batch["img"].shape[-1])
+        confidence = segmentation_confidence(prob)
+        mask_present = mask_presence(prob, mask_presence_top).tolist()
         seg_logits = outputs["seg_logits"].float().cpu() if mask_scorer is not None else None
         present = outputs.get("presence_logits")
         present = present.float().sigmoid().tolist() if present is not None else [None] * len(ious)
@@ -202,7 +207,8 @@ def evaluate(model, data_loader, device, amp="off", desc="Eval", mask_scorer=Non
                                                         confidence.tolist())):
             masks, components = (mask_scorer.score_sample(index, seg_logits[k], boxes[k].cpu())
                                  if mask_scorer is not None else (None, None))
-            local[index] = (iou, box, conf, masks, {"present": present[k], "boxes": components})
+            local[index] = (iou, box, conf, masks, {"present": present[k], "mask_present": mask_present[k],
+                                                    "boxes": components})
 
     results = {}
     for part in all_gather_object(local):
@@ -342,7 +348,8 @@ class TrainingRun:
         if not is_main_process():
             return None
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), **progress, "epoch_done": epoch_done,
+                "scaler": self.scaler.state_dict(), "presence_thresholds": self.model.presence_thresholds,
+                **progress, "epoch_done": epoch_done,
                 "epoch_metrics": logger.state_dict() if logger is not None else None, "val_stats": val_stats,
                 "args": json_config(self.args), "tokenizer": self.vocabulary, "rng": rng}
 
@@ -389,6 +396,7 @@ class TrainingRun:
                                       f"to start from official weights use eval.py, predict.py or "
                                       f"models.checkpoint.load_official_checkpoint")
         load_state_dict_checked(self.model, checkpoint["model"], f"checkpoint {path}")
+        self.model.presence_thresholds = dict(checkpoint.get("presence_thresholds") or {})
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.resumed_step = checkpoint["step"]

@@ -22,11 +22,12 @@ from datasets import build_dataset, build_eval_loader
 from datasets.mixed import dataset_names
 from datasets.records import write_jsonl
 from engine import evaluate, format_stats, summarize_results
-from evaluation.mask_boxes import add_answer_flags
 from evaluation.mask_metrics import MaskScorer
 from evaluation.mask_refine import add_mask_refine_flag
 from evaluation.overlays import write_dataset_overlays
 from evaluation.predictions import evaluation_records, worst_and_best
+from evaluation.presence import (add_answer_flags, choose_threshold, presence_scores, presence_source,
+                                 stored_threshold, usable)
 from evaluation.segmentation_map import MASK_THRESHOLD
 from inference.fast_path import prepare_for_inference
 from inference.onnx_runtime import OnnxRuntimeModel
@@ -190,6 +191,7 @@ def evaluate_split(opts, model, tokenizer, args, official, device, split, output
     With several splits, a split's masks, predictions and overlays get names of their own."""
     dataset = build_dataset(split, args, tokenizer)
     loader = build_eval_loader(dataset, opts.batch_size, opts.num_workers, pin_memory=device.type == "cuda")
+    presence = presence_answer(opts, model, tokenizer, args, device, split, dataset)
     score = not opts.no_mask_metrics and dataset.has_masks()
     files_dir = output_dir / f"{args.dataset}_{split}" if several else output_dir
     scorer = None
@@ -198,8 +200,11 @@ def evaluate_split(opts, model, tokenizer, args, official, device, split, output
                             opts.save_probabilities, opts.mask_refine,
                             opts.min_component_area if opts.boxes_from_mask else None)
     start = time.time()
-    results = evaluate(model, loader, device, opts.amp, desc=f"Eval {args.dataset} {split}", mask_scorer=scorer)
-    stats = summarize_results(results, dataset, generalized_options(opts, args))
+    results = evaluate(model, loader, device, opts.amp, desc=f"Eval {args.dataset} {split}", mask_scorer=scorer,
+                       mask_presence_top=opts.mask_presence_top)
+    if presence["threshold"] == "auto":  # chosen on this very split: its val
+        presence.update(choose_on(results, dataset, presence["source"], f"{args.dataset}:{split}"))
+    stats = summarize_results(results, dataset, generalized_options(opts, args, presence))
     cost = scorer.refine_cost() if scorer is not None else None
     if cost is not None:
         stats["mask_refine"] = cost
@@ -216,27 +221,68 @@ def evaluate_split(opts, model, tokenizer, args, official, device, split, output
             predictions = str(Path(predictions).with_name(f"{Path(predictions).stem}_{args.dataset}_{split}"
                                                           f"{Path(predictions).suffix or '.jsonl'}"))
         write_outputs(opts, args, split, model, dataset, results, stats, device, output_dir, files_dir, scorer,
-                      predictions)
+                      predictions, presence)
     return stats
 
 
-def generalized_options(opts, args):
+def generalized_options(opts, args, presence):
     """How summarize_results scores phrases of no target or several."""
-    return {"args": args, "presence_threshold": opts.presence_threshold,
+    return {"args": args, "presence_from": presence["source"], "presence_threshold": presence["threshold"],
             "grec_score_threshold": opts.grec_score_threshold, "grec_match": opts.grec_match}
 
 
+def presence_answer(opts, model, tokenizer, args, device, split, dataset):
+    """{"source", "threshold", "chosen_on"} of the "not found" answer: the source asked for (or the head where the
+    model has one), the threshold given, or with auto the one the checkpoint stores for that source, else one chosen
+    on the dataset's val split now ("auto" left when that split is the one being evaluated: chosen on its results)."""
+    # A PyTorch model with a presence head, or an ONNX export with its output.
+    has_head = (getattr(model, "presence_head", None) is not None
+                or "presence_logits" in getattr(model, "output_names", ()))
+    source = presence_source(opts.presence_from, has_head)
+    if source is None or opts.presence_threshold != "auto":
+        return {"source": source, "threshold": opts.presence_threshold if source else 0.5, "chosen_on": None}
+    stored = getattr(model, "presence_thresholds", {})
+    if usable(stored, source, opts.mask_presence_top):
+        chosen = stored_threshold(stored, source, opts.checkpoint, opts.mask_presence_top)
+        where = stored[source].get("split", "validation")
+        print(f"presence threshold {chosen:.4f} for --presence_from {source}: the checkpoint's, chosen on {where}")
+        return {"source": source, "threshold": chosen, "chosen_on": f"{where} (stored in the checkpoint)"}
+    if split == "val":
+        return {"source": source, "threshold": "auto", "chosen_on": None}
+    val = build_dataset("val", args, tokenizer)
+    loader = build_eval_loader(val, opts.batch_size, opts.num_workers, pin_memory=device.type == "cuda")
+    results = evaluate(model, loader, device, opts.amp, desc=f"Val {args.dataset} (presence threshold)",
+                       mask_presence_top=opts.mask_presence_top)
+    return {"source": source, **choose_on(results, val, source, f"{args.dataset}:val")}
+
+
+def choose_on(results, dataset, source, name):
+    """The threshold maximising N-acc + T-acc of source's scores on engine.evaluate's results of dataset."""
+    scores = [presence_scores(extra["present"], extra["mask_present"])[source] for *_, extra in results.values()]
+    labels = [dataset.n_targets(index) > 0 for index in results]
+    try:
+        threshold, n_acc, t_acc = choose_threshold(scores, labels)
+    except ValueError:
+        raise ValueError(f"--presence_threshold auto: {name} has no phrase without a target to choose a threshold "
+                         f"on; give a number") from None
+    print(f"presence threshold {threshold:.4f} for --presence_from {source}, chosen now on {name} (N-acc {n_acc:.3f}, "
+          f"T-acc {t_acc:.3f} there)")
+    return {"threshold": threshold, "chosen_on": name}
+
+
 def write_outputs(opts, args, split, model, dataset, results, stats, device, output_dir, files_dir, scorer,
-                  predictions):
+                  predictions, presence):
     output_dir.mkdir(parents=True, exist_ok=True)
     report = {"checkpoint": str(opts.checkpoint), "backend": opts.backend, "onnx": opts.onnx, "dataset": args.dataset,
               "eval_set": split, "mask_threshold": opts.mask_threshold, **stats}
+    if presence["chosen_on"]:
+        report["presence_threshold_chosen_on"] = presence["chosen_on"]
     (output_dir / f"eval_{args.dataset}_{split}.json").write_text(json.dumps(report, indent=1))
     with (output_dir / "eval_log.txt").open("a") as f:
         f.write(json.dumps(report) + "\n")
     if not (predictions or opts.visualize > 0 or opts.save_masks):
         return
-    records = evaluation_records(results, dataset, args, opts.presence_threshold)
+    records = evaluation_records(results, dataset, args, presence["threshold"], presence["source"])
     if opts.save_masks:
         for record in records:
             record["mask"] = str(scorer.mask_path(record["index"]))

@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from datasets.samplers import ImageBatchSampler
-from evaluation.mask_boxes import add_answer_flags
+from evaluation.presence import add_answer_flags
 from evaluation.mask_refine import add_mask_refine_flag
 from evaluation.predictions import read_pairs
 from evaluation.segmentation_map import MASK_THRESHOLD
@@ -130,7 +130,8 @@ def check_outputs(opts):
 def build_predictor(opts):
     options = {"mask_threshold": opts.mask_threshold, "mask_refine": opts.mask_refine, "exif": opts.exif,
                "presence_threshold": opts.presence_threshold, "boxes_from_mask": opts.boxes_from_mask,
-               "min_component_area": opts.min_component_area}
+               "min_component_area": opts.min_component_area, "presence_from": opts.presence_from,
+               "mask_presence_top": opts.mask_presence_top}
     if opts.backend == "onnxruntime":
         return SegVGPredictor.from_onnx(opts.onnx, opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file,
                                         **options)

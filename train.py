@@ -18,6 +18,7 @@ from datasets.mixed import dataset_names
 from engine import (LATEST, NonFiniteLossError, TrainingRun, TrainState, evaluate, format_stats, fresh_progress,
                     selection_score, summarize_results, train_one_epoch)
 from evaluation.generalized_results import generalized_scorer
+from evaluation.presence import MASK_PRESENCE_TOP
 from models import build_criterion, build_model
 from models.checkpoint import (CheckpointError, apply_pretrained_config, load_detr_weights, load_weights, safe_load,
                                tokenizer_from_checkpoint)
@@ -99,9 +100,13 @@ def curve_validator(model, loader_val, run, args, device):
     return validate
 
 
-def warn_presence_without_negatives(args, dataset):
+def has_no_target_phrases(dataset):
+    return is_generalized(dataset) and bool((dataset.target_counts() == 0).any())
+
+
+def warn_presence_without_negatives(args, no_target_phrases):
     """--presence_head learns "not here" only from phrases with no target: say so once when there are none."""
-    if args.presence_head and not (is_generalized(dataset) and (dataset.target_counts() == 0).any()):
+    if args.presence_head and not no_target_phrases:
         print(f"warning: --presence_head, but no training phrase of {args.dataset} has \"boxes\": [] (no target): "
               f"the head only ever sees phrases that are present and will not learn to say \"not found\" "
               f"(docs/generalized.md)")
@@ -212,7 +217,8 @@ def train(args, stop, explicit=()):
     backbone = backbone_parameters(model)
     optimizer = build_optimizer(model, args)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    criterion = build_criterion(args)
+    no_target_phrases = has_no_target_phrases(loader_train.dataset)
+    criterion = build_criterion(args, no_target_phrases)
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"{n_parameters:,} trainable parameters; {len(loader_train)} steps per epoch of "
           f"{args.batch_size} x {world} samples")
@@ -249,7 +255,7 @@ def train(args, stop, explicit=()):
         state.validate = curve_validator(model_without_ddp, loader_val, run, args, device)
 
     val_scorer = generalized_scorer(loader_val.dataset, args)
-    warn_presence_without_negatives(args, loader_train.dataset)
+    warn_presence_without_negatives(args, no_target_phrases)
     print("Start training")
     start_time = time.time()
     status, ended = "done", ""
@@ -272,6 +278,11 @@ def train(args, stop, explicit=()):
         results = evaluate(model_without_ddp, loader_val, device, args.amp, desc="Val", mask_scorer=val_scorer)
         val_stats = summarize_results(results, loader_val.dataset, {"args": args})
         print(f"epoch {epoch} validation: {format_stats(val_stats)}")
+        if "presence_by_source" in val_stats:  # kept in the checkpoint for --presence_threshold auto
+            model_without_ddp.presence_thresholds = {
+                source: dict(chosen, split=f"{args.dataset}:val",
+                             **({"mask_presence_top": MASK_PRESENCE_TOP} if source != "head" else {}))
+                for source, chosen in val_stats["presence_by_source"].items()}
         if status == "budget" or epoch + 1 == args.epochs:
             ended = end_of_training(args, status, progress)
         score = selection_score(val_stats, args.best_on)

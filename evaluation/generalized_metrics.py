@@ -12,6 +12,8 @@ from torchvision.ops import box_iou, generalized_box_iou
 
 from datasets.records import KINDS, target_kind
 
+from .presence import choose_threshold
+
 GRES_PRECISIONS = (0.7, 0.8, 0.9)
 PRESENCE_SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -128,10 +130,13 @@ def kept_boxes(expression, found, score_threshold):
 
 
 def summarize_generalized(expressions, presence_threshold=0.5, grec_score_threshold=0.7, grec_match="giou",
-                          sweep=PRESENCE_SWEEP):
-    """expressions: [{"n_targets", "gt_boxes", "present" (probability or None), "terms" ((intersection, union) or
-    None), "boxes" ([[x1, y1, x2, y2, score]])}] -> GRES totals at the top level, GREC ones prefixed "grec_",
-    "phrases" (how many), "by_kind" (no / one / several targets), "presence_auroc" and "presence_sweep"."""
+                          sweep=PRESENCE_SWEEP, presence_from=None):
+    """expressions: [{"n_targets", "gt_boxes", "present" (the score of presence_from, or None: found), "scores"
+    ({source: score} of every presence source, optional), "terms" ((intersection, union) or None), "boxes"
+    ([[x1, y1, x2, y2, score]])}] -> GRES totals at the top level, GREC ones prefixed "grec_", "phrases" (how many),
+    "by_kind" (no / one / several targets), "presence_auroc" and "presence_sweep" of presence_from, and per source
+    its AUROC and the threshold that maximises N-acc + T-acc ("presence_by_source"; where there are phrases with a
+    target and without)."""
     def found(e, threshold):
         return e["present"] is None or e["present"] >= threshold
 
@@ -156,7 +161,15 @@ def summarize_generalized(expressions, presence_threshold=0.5, grec_score_thresh
         groups[target_kind(e["n_targets"])].append(e)
     stats["by_kind"] = {kind: totals(groups[kind], presence_threshold) for kind in KINDS if groups[kind]}
     stats.update(presence_threshold=presence_threshold, grec_score_threshold=grec_score_threshold,
-                 grec_match=grec_match)
+                 grec_match=grec_match, presence_from=presence_from)
+    labels = [e["n_targets"] > 0 for e in expressions]
+    if any(labels) and not all(labels) and any("scores" in e for e in expressions):
+        stats["presence_by_source"] = {}
+        for source in expressions[0]["scores"]:
+            scores = [e["scores"][source] for e in expressions]
+            threshold, n_acc, t_acc = choose_threshold(scores, labels)
+            stats["presence_by_source"][source] = {"auroc": auroc(scores, labels), "threshold": threshold,
+                                                   "n_acc": n_acc, "t_acc": t_acc}
     if any(e["present"] is not None for e in expressions):
         stats["presence_auroc"] = auroc([e["present"] for e in expressions], [e["n_targets"] > 0 for e in expressions])
         stats["presence_sweep"] = [{"threshold": t, **{k: v for k, v in totals(expressions, t).items()
@@ -181,7 +194,11 @@ def format_generalized(stats):
         lines.append("  GRES Pr@0.7 0.8 0.9 (targeted phrases): "
                      + " ".join(f"{stats[f'pr@{t}']:.3f}" for t in GRES_PRECISIONS))
     if "presence_auroc" in stats:
-        lines.append(f"  presence AUROC {stats['presence_auroc']:.4f}; threshold sweep (N-acc / T-acc / gIoU):")
+        lines.append(f"  presence ({stats['presence_from']}) AUROC {stats['presence_auroc']:.4f}; threshold sweep "
+                     f"(N-acc / T-acc / gIoU):")
         lines.append("    " + "  ".join(f"{p['threshold']}: {p['n_acc']:.3f}/{p['t_acc']:.3f}/"
                                        f"{p.get('giou', float('nan')):.3f}" for p in stats["presence_sweep"]))
+    for source, chosen in stats.get("presence_by_source", {}).items():
+        lines.append(f"  presence from {source}: AUROC {chosen['auroc']:.4f}; best threshold here "
+                     f"{chosen['threshold']:.4f} (N-acc {chosen['n_acc']:.3f}, T-acc {chosen['t_acc']:.3f})")
     return lines

@@ -9,6 +9,8 @@ from torchvision.ops import box_convert
 
 from datasets.transforms import canvas_to_image, eval_placement
 
+from .presence import presence_scores
+
 
 def prediction_record(image, phrase, box, score, gt_box=None, iou=None, **extra):
     record = {"image": str(image), "phrase": phrase, "box": [round(float(v), 2) for v in box],
@@ -54,10 +56,11 @@ def image_box(dataset, index, box, args, placements=None):
     return canvas_to_image(canvas_box, placements[size], size)[0].tolist()
 
 
-def evaluation_records(results, dataset, args, presence_threshold=0.5):
+def evaluation_records(results, dataset, args, presence_threshold=0.5, presence_from=None):
     """engine.evaluate's {index: (IoU, canvas box cx,cy,w,h, score, ...)} -> prediction records in the images' pixels,
     ordered by dataset index, with the ground truth, the index and the expression type where known; with a presence
-    head "present" and "found" (present >= presence_threshold), with --boxes_from_mask "boxes"."""
+    source (evaluation.presence: head, mask or both) "present" (its score), "found" (present >= presence_threshold)
+    and "presence_from", with --boxes_from_mask "boxes"."""
     placements = {}
     records = []
     for index in sorted(results):
@@ -68,9 +71,9 @@ def evaluation_records(results, dataset, args, presence_threshold=0.5):
         if "expr_type" in info:
             extra["type"] = info["expr_type"]
         generalized = results[index][4] if len(results[index]) > 4 else {}
-        if generalized.get("present") is not None:
-            extra.update(present=round(generalized["present"], 4),
-                         found=generalized["present"] >= presence_threshold)
+        if presence_from is not None:
+            present = presence_scores(generalized["present"], generalized["mask_present"])[presence_from]
+            extra.update(present=round(present, 4), found=present >= presence_threshold, presence_from=presence_from)
         if generalized.get("boxes") is not None:
             extra["boxes"] = generalized["boxes"]
         if "boxes" in info:

@@ -108,13 +108,13 @@ def ground(predictor, image_path, text, mask_threshold, show_masks, out_dir, mas
         mask_file = out_dir / f"mask_{k}.png"
         save_png(mask.astype(np.uint8) * 255, mask_file)
         files.append(mask_file)
-        answer = {key: result[key] for key in ("present", "found", "boxes") if key in result}
+        answer = {key: result[key] for key in ("present", "found", "presence_from", "boxes") if key in result}
         record = prediction_record(image_name, result["phrase"], result["box"], result["score"],
                                    image_size=result["image_size"], mask=mask_file.name, **answer, **orientation)
         records.append(record)
         if not result.get("found", True):
-            notes.append(f"{k}. \"{result['phrase']}\": not found (presence {result['present']:.2f}, below "
-                         f"{predictor.presence_threshold}); nothing drawn.")
+            notes.append(f"{k}. \"{result['phrase']}\": not found (presence from the {result['presence_from']} "
+                         f"{result['present']:.2f}, below {predictor.presence_threshold:.2f}); nothing drawn.")
             continue
         boxes = [(box[:4], box[4]) for box in result.get("boxes") or []] or [(record["box"], record["score"])]
         for j, (box, score) in enumerate(boxes):

@@ -50,10 +50,12 @@ def example_inputs(args, tokenizer, phrases, seed=0, image_index=None):
     return image, image_mask, text_ids, text_mask, image_index
 
 
-def metadata(args, tokenizer):
-    """Everything a consumer needs besides the graph: sizes, normalisation, the configuration and vocabulary."""
+def metadata(args, tokenizer, presence_thresholds=None):
+    """Everything a consumer needs besides the graph: sizes, normalisation, the configuration and vocabulary, and the
+    presence thresholds chosen on validation (evaluation.presence) where the checkpoint has them."""
     vocab = tokenizer.get_vocab()
-    return {"segvg_imsize": str(args.imsize), "segvg_max_query_len": str(args.max_query_len),
+    extra = {"segvg_presence_thresholds": json.dumps(presence_thresholds)} if presence_thresholds else {}
+    return {**extra, "segvg_imsize": str(args.imsize), "segvg_max_query_len": str(args.max_query_len),
             "segvg_mean": json.dumps(list(IMAGENET_MEAN)), "segvg_std": json.dumps(list(IMAGENET_STD)),
             "segvg_tokenizer": args.vocab_file or args.bert_model, "segvg_lower_case": "true",
             "segvg_boxes": "sigmoid cx, cy, w, h on the imsize x imsize canvas",
@@ -87,7 +89,7 @@ def export_onnx(model, args, tokenizer, path, opset=DEFAULT_OPSET, batch="dynami
     finally:
         quiet.setLevel(level)
     proto = program.model_proto
-    for key, value in metadata(args, tokenizer).items():
+    for key, value in metadata(args, tokenizer, getattr(model, "presence_thresholds", None)).items():
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto, full_check=True)
     atomic_write(path, lambda f: f.write(proto.SerializeToString()))

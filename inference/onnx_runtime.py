@@ -70,6 +70,7 @@ class OnnxRuntimeModel:
         self.config = json.loads(props["segvg_config"])
         self.quantization = props.get(QUANTIZATION_KEY)  # None for a float export
         self.vocab = props["segvg_vocab"].split("\n")
+        self.presence_thresholds = json.loads(props.get("segvg_presence_thresholds", "{}"))
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def check_matches(self, args, source):

@@ -173,7 +173,8 @@ def save_prediction(pairs, k, rgb, result, output_dir=None, save_masks=False, sa
     """Masks (under output_dir) and overlay of pair k -> its prediction record, naming them."""
     image, phrase = pairs[k]
     extra = {"image_size": result["image_size"],
-             **{key: result[key] for key in ("present", "found", "boxes", "exif_orientation", "exif") if key in result}}
+             **{key: result[key] for key in ("present", "found", "presence_from", "boxes", "exif_orientation", "exif")
+                if key in result}}
     if save_masks and output_dir is not None:
         output_dir = Path(output_dir)
         name = f"{k:05d}_{Path(image).stem}.png"

@@ -7,10 +7,11 @@
 result: "box" [x1, y1, x2, y2] in the image's pixels, "score" (the segmentation confidence), "mask" (the
 segmentation map resized to the image, float [H, W]), "binary_mask" (it above mask_threshold, bool [H, W]), "phrase"
 and "image_size" [W, H]; with mask_refine (evaluation.mask_refine) also "refined_mask" (bool [H, W]); for a file or
-PIL image whose EXIF orientation is not 1, "exif_orientation" and "exif" (applied or ignored, datasets.images); from a
-model with a presence head "present" (the probability that the phrase's object is in the image) and "found" (present
->= presence_threshold; a model without one answers neither); with boxes_from_mask "boxes", one [x1, y1, x2, y2,
-score] per connected component of the binary mask (evaluation.mask_boxes).
+PIL image whose EXIF orientation is not 1, "exif_orientation" and "exif" (applied or ignored, datasets.images); with
+a presence source (a model with a presence head, or presence_from="mask" for any: evaluation.presence) "present"
+(the score that the phrase's object is in the image), "found" (present >= presence_threshold) and "presence_from";
+with boxes_from_mask "boxes", one [x1, y1, x2, y2, score] per connected component of the binary mask
+(evaluation.mask_boxes).
 Paths and PIL images are read as viewers show them (exif="apply"), unless the predictor was built with exif="ignore".
 """
 import copy
@@ -27,6 +28,7 @@ from datasets.tokenizer import encode_text
 from datasets.transforms import canvas_map_to_image, canvas_to_image, make_transforms
 from evaluation.mask_boxes import MIN_COMPONENT_AREA, boxes_from_mask
 from evaluation.mask_refine import refine_mask
+from evaluation.presence import MASK_PRESENCE_TOP, mask_presence, presence_scores, presence_source, stored_threshold
 from evaluation.segmentation_map import MASK_THRESHOLD, canvas_probabilities, segmentation_confidence
 from models.checkpoint import (load_from_checkpoint, resolve_config, safe_load, tokenizer_from_checkpoint,
                                tokenizer_overrides)
@@ -67,14 +69,24 @@ class SegVGPredictor:
 
     def __init__(self, model, tokenizer, args, device="cpu", fast=True, mask_threshold=MASK_THRESHOLD,
                  mask_refine="none", exif="apply", presence_threshold=0.5, boxes_from_mask=False,
-                 min_component_area=MIN_COMPONENT_AREA):
+                 min_component_area=MIN_COMPONENT_AREA, presence_from=None, mask_presence_top=MASK_PRESENCE_TOP):
         """fast: predict with a BatchNorm-folded, channels-last copy of model (inference.fast_path); model itself
         is left untouched. mask_threshold: where "binary_mask" is cut out of the map. mask_refine: "grabcut" adds
         "refined_mask" to every result. exif: "apply" reads files and PIL images as viewers show them, "ignore" as
-        their pixels are stored. presence_threshold: where "found" is decided (presence head). boxes_from_mask: add
-        "boxes", the mask's components of at least min_component_area of the image."""
+        their pixels are stored. presence_from: where "not found" comes from (evaluation.presence: "head", "mask"
+        from the map with mask_presence_top, "both"; default the head where the model has one, else none);
+        presence_threshold: where "found" is decided, or "auto" for the one the checkpoint stores. boxes_from_mask:
+        add "boxes", the mask's components of at least min_component_area of the image."""
         if exif not in EXIF_MODES:
             raise ValueError(f"unknown EXIF mode {exif!r}; choose from {', '.join(EXIF_MODES)}")
+        # A PyTorch model with a presence head, or an ONNX export with its output.
+        has_head = (getattr(model, "presence_head", None) is not None
+                    or "presence_logits" in getattr(model, "output_names", ()))
+        self.presence_from = presence_source(presence_from, has_head)
+        if presence_threshold == "auto" and self.presence_from is not None:
+            presence_threshold = stored_threshold(getattr(model, "presence_thresholds", {}), self.presence_from,
+                                                  "the checkpoint", mask_presence_top)
+        self.mask_presence_top = mask_presence_top
         if fast:
             model = prepare_for_inference(copy.deepcopy(model))
         self.model = model.eval().to(device)
@@ -158,8 +170,9 @@ class SegVGPredictor:
         boxes = box_convert(out["pred_boxes"].float().cpu(), "cxcywh", "xyxy").clamp(0, 1) * size
         prob = canvas_probabilities(out["seg_logits"].cpu(), size)  # [B, S, S]
         confidence = segmentation_confidence(prob)
-        present = out.get("presence_logits")
-        present = present.float().sigmoid().cpu().tolist() if present is not None else None
+        head = out.get("presence_logits")
+        head = head.float().sigmoid().cpu().tolist() if head is not None else [None] * len(phrases)
+        mask_present = mask_presence(prob, self.mask_presence_top).tolist()
         results = []
         for k, slot in enumerate(image_index.tolist()):
             rgb, _, placement, note = prepared[slot]
@@ -169,8 +182,10 @@ class SegVGPredictor:
             result = {"phrase": phrases[k], "box": [round(v, 2) for v in box.tolist()],
                       "score": confidence[k].item(), "mask": image_mask,
                       "binary_mask": image_mask > self.mask_threshold, "image_size": [w, h], **note}
-            if present is not None:
-                result.update(present=round(present[k], 4), found=present[k] >= self.presence_threshold)
+            if self.presence_from is not None:
+                present = presence_scores(head[k], mask_present[k])[self.presence_from]
+                result.update(present=round(present, 4), found=present >= self.presence_threshold,
+                              presence_from=self.presence_from)
             if self.component_area is not None:
                 result["boxes"] = boxes_from_mask(image_mask, self.mask_threshold, self.component_area)
             if self.mask_refine != "none":

@@ -276,4 +276,5 @@ def load_from_checkpoint(path, overrides=None):
     args, official = resolve_config(checkpoint, overrides)
     tokenizer = tokenizer_from_checkpoint(checkpoint, args, overrides or {})
     model = load_model(args, checkpoint, official, f"checkpoint {path}")
+    model.presence_thresholds = dict(checkpoint.get("presence_thresholds") or {})
     return model, tokenizer, args, official

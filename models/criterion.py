@@ -67,12 +67,14 @@ class SegVGLoss(nn.Module):
     box weighted by the mask fit, all summed and divided by the batch size."""
 
     def __init__(self, detach_pos_factor=False, weight_l1=5.0, weight_giou=2.0, low_memory=True, seg_loss=True,
-                 weight_focal=1.0, weight_dice=1.0, fine=None, weight_presence=1.0):
+                 weight_focal=1.0, weight_dice=1.0, fine=None, weight_presence=1.0, weight_no_target=1.0):
         """fine: the fine mask head's loss (models.mask_losses.FineMaskLoss), added to these terms. weight_presence:
-        of the presence head's binary cross-entropy, where the model has one."""
+        of the presence head's binary cross-entropy, where the model has one. weight_no_target: of the focal term of
+        phrases with no target, whose mask target is empty (dice has no gradient there)."""
         super().__init__()
         self.fine = fine
         self.weight_presence = weight_presence
+        self.weight_no_target = weight_no_target
         self.seg_loss = seg_loss
         self.weight_focal = weight_focal
         self.weight_dice = weight_dice
@@ -83,7 +85,8 @@ class SegVGLoss(nn.Module):
 
     def forward(self, outputs, target, pos_region, batch=None, fraction=1.0):
         """outputs: the model's training outputs; target [B, 4] cx,cy,w,h; pos_region [B, S, S]. batch: its
-        n_targets [B] (phrases with no target add nothing to the box and mask terms and train the presence head) and,
+        n_targets [B] (phrases with no target add nothing to the box terms, train the maps toward empty with the focal
+        term times weight_no_target, and train the presence head) and,
         with a fine head, its img, image_rect and, under mask supervision, gt_mask and has_mask; fraction: of the run
         done (the pairwise term's warmup)."""
         n_targets = batch.get("n_targets") if batch is not None else None
@@ -97,7 +100,7 @@ class SegVGLoss(nn.Module):
                 gt_mask, has_mask = (batch[k][:n] if k in batch else None for k in ("gt_mask", "has_mask"))
                 fine = self.fine(outputs["seg_logits"].float(), pos_region[:n], batch["img"][:n].float(),
                                  batch["image_rect"][:n], gt_mask, has_mask, fraction,
-                                 None if targeted is None else targeted[:n])
+                                 None if targeted is None else targeted[:n], self.weight_no_target)
                 losses.update(fine)
                 losses["loss"] = losses["loss"] + sum(fine.values())
             if "presence_logits" in outputs:
@@ -123,7 +126,9 @@ class SegVGLoss(nn.Module):
         box_weight = pos_factor.mean(1)  # [layers, B]
         if targeted is not None:
             keep = targeted.to(focal.dtype)
-            focal, dice, box_weight = focal * keep, dice * keep, box_weight * keep
+            # No target: the box mask is empty, so the focal term pulls the whole map toward 0.
+            focal = focal * (keep + self.weight_no_target * (1 - keep))
+            dice, box_weight = dice * keep, box_weight * keep
 
         gt = target.expand_as(boxes)
         l1 = (boxes - gt).abs().sum(-1)
@@ -141,7 +146,10 @@ class SegVGLoss(nn.Module):
         return losses
 
 
-def build_criterion(args):
+def build_criterion(args, no_target_phrases=False):
+    """no_target_phrases: whether the training data has phrases with no target (their maps are then trained toward
+    empty, --no_target_mask_loss_coef)."""
     return SegVGLoss(detach_pos_factor=args.detach_pos_factor, seg_loss=args.seg_loss == "on",
                      weight_focal=args.mask_loss_coef, weight_dice=args.dice_loss_coef,
-                     fine=build_fine_mask_loss(args), weight_presence=args.presence_loss_coef)
+                     fine=build_fine_mask_loss(args), weight_presence=args.presence_loss_coef,
+                     weight_no_target=args.no_target_mask_loss_coef if no_target_phrases else 0.0)

@@ -149,10 +149,12 @@ class FineMaskLoss(torch.nn.Module):
         self.weight_focal = weight_focal
         self.weight_dice = weight_dice
 
-    def forward(self, logits, pos_region, img, image_rect, gt_mask=None, has_mask=None, fraction=1.0, targeted=None):
+    def forward(self, logits, pos_region, img, image_rect, gt_mask=None, has_mask=None, fraction=1.0, targeted=None,
+                weight_no_target=0.0):
         """logits [B, S/stride, S/stride] (fp32); pos_region [B, S, S] the filled box; img [B, 3, S, S] the canvas;
         image_rect [B, 4]; gt_mask [B, S, S] and has_mask [B] with supervision "mask"; fraction: of the run done;
-        targeted [B] bool: the samples whose phrase has a target (None: all); the others add nothing."""
+        targeted [B] bool: the samples whose phrase has a target (None: all); the others add only, where
+        weight_no_target is not 0, "loss_no_target": focal toward an empty map over the image's cells."""
         batch, size = img.shape[0], img.shape[-1]
         stride = self.loss_stride
         if stride < self.stride:  # the map as eval.py uses it: upsampled bilinearly
@@ -183,6 +185,11 @@ class FineMaskLoss(torch.nn.Module):
         pairwise = pairwise_loss(logits, similarity, box_mask * boxed[:, None, None], valid, self.dilation,
                                  self.color_threshold)
         losses["loss_pairwise"] = self.weight_pairwise * warm * pairwise
+        if weight_no_target:  # on every batch of such a run (the ranks log the same terms), 0 where all have targets
+            empty = (sigmoid_focal_loss(logits, torch.zeros_like(logits), reduction="none") * valid).sum((1, 2))
+            untargeted = torch.zeros_like(empty) if targeted is None else (~targeted).to(logits.dtype)
+            losses["loss_no_target"] = weight_no_target * (empty / valid.sum((1, 2)).clamp(min=1) * untargeted).sum() \
+                / batch
         return losses
 
 

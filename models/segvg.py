@@ -63,6 +63,9 @@ class SegVG(nn.Module):
         self.mask_head_detached = False  # set by build_segvg (--mask_head_gradient head)
         self.mask_head_samples = 0  # set by build_segvg (--mask_head_samples; 0: all)
         self.presence_head = None  # set by build_segvg (--presence_head): MLP on the regression token -> logit
+        # {source: {"threshold", ...}}: the presence thresholds chosen on the validation split during training
+        # (evaluation.presence), kept in the checkpoint beside the weights.
+        self.presence_thresholds = {}
         self.presence_head_detached = False  # --presence_gradient head: its loss leaves the rest of the model alone
         self.checkpoint_activations = False
 

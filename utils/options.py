@@ -212,6 +212,9 @@ def _add_loss_flags(parser):
                       help="--presence_head: where its loss trains: shared = the head and the network under it; head = "
                            "the head alone, on the detached regression token, so the box trains as without the head "
                            "(docs/generalized.md)")
+    loss.add_argument("--no_target_mask_loss_coef", default=1.0, type=float,
+                      help="phrases with no target (\"boxes\": []) train the segmentation maps toward empty with the "
+                           "focal term, times this (0: they leave the maps alone); they never enter the box terms")
     fine = parser.add_argument_group("loss: the fine mask head (--mask_head fine; --seg_loss off turns these off too)")
     fine.add_argument("--mask_supervision", default="box", choices=["box", "mask"],
                       help="box: BoxInst's projection and pairwise terms from the ground-truth box; mask: focal + dice "

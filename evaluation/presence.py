@@ -1,0 +1,110 @@
+"""Whether a phrase's object is in the image ("not found" otherwise), for any checkpoint (docs/generalized.md,
+"Presence"): the presence head's probability (a checkpoint trained with --presence_head), a score read off the
+segmentation map (any checkpoint, the authors' included), or their product; the threshold that turns a score into
+the answer, given or chosen on a validation split; and the flags of the scripts that answer."""
+import argparse
+import math
+
+import numpy as np
+
+from .mask_boxes import MIN_COMPONENT_AREA
+
+SOURCES = ("head", "mask", "both")
+# The mask's score: the mean of its highest canvas probabilities over this share of the canvas (docs/generalized.md,
+# "Presence from the mask", gives the candidates' AUROC this was chosen by).
+MASK_PRESENCE_TOP = 0.01
+
+
+def mask_presence(prob, top=MASK_PRESENCE_TOP):
+    """prob: [B, S, S] canvas probabilities -> [B], the mean of the highest max(1, top x S x S) of each map: high
+    where the map holds an object of that size or more, low where it is empty everywhere."""
+    flat = prob.flatten(1).float()
+    k = max(1, min(flat.shape[1], round(top * flat.shape[1])))
+    return flat.topk(k, dim=1).values.mean(1)
+
+
+def presence_scores(head, mask):
+    """{source: score} of one phrase from the head's probability (None without a head) and the mask's score."""
+    scores = {"mask": mask}
+    if head is not None:
+        scores.update(head=head, both=head * mask)
+    return scores
+
+
+def choose_threshold(scores, labels):
+    """The threshold maximising N-acc + T-acc when a phrase is found where its score is at least the threshold:
+    (threshold, N-acc, T-acc). labels: True where the phrase has a target. The threshold lies halfway between two
+    neighbouring scores (a tie among candidates goes to the lowest)."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    positives, negatives = labels.sum(), (~labels).sum()
+    if not positives or not negatives:
+        raise ValueError("choosing a presence threshold needs phrases with a target and phrases without one")
+    values = np.unique(scores)
+    candidates = np.concatenate([[values[0] - 1e-6], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-6]])
+    ordered = np.sort(scores[labels]), np.sort(scores[~labels])
+    t_acc = 1 - np.searchsorted(ordered[0], candidates, side="left") / positives   # targeted found: score >= t
+    n_acc = np.searchsorted(ordered[1], candidates, side="left") / negatives       # no target kept out: score < t
+    best = int(np.argmax(n_acc + t_acc))
+    return float(candidates[best]), float(n_acc[best]), float(t_acc[best])
+
+
+def parse_threshold(text):
+    """--presence_threshold: a number (above 1: nothing is ever found), or "auto" (the checkpoint's, or one chosen on
+    a validation split)."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number (a presence probability), or auto")
+    return value
+
+
+def add_answer_flags(parser):
+    """What eval.py, predict.py and app.py answer besides the box: "not found" (--presence_from,
+    --presence_threshold, --mask_presence_top) and one box per object (--boxes_from_mask, --min_component_area)."""
+    parser.add_argument("--presence_from", choices=SOURCES,
+                        help="where \"not found\" comes from: head = a --presence_head checkpoint's head, mask = the "
+                             "segmentation map (any checkpoint, the official ones too), both = their product "
+                             "[default: head where the checkpoint has one, else none: every phrase is found]")
+    parser.add_argument("--presence_threshold", type=parse_threshold, default=0.5,
+                        help="phrases whose presence score is below this are answered \"not found\" (records keep "
+                             "\"present\", \"found\" and \"presence_from\"); auto = the one chosen on the validation "
+                             "split during training (stored in the checkpoint), else eval.py chooses it on the "
+                             "dataset's val split")
+    parser.add_argument("--mask_presence_top", type=float, default=MASK_PRESENCE_TOP,
+                        help="--presence_from mask/both: the mask's score is the mean of its highest probabilities "
+                             "over this share of the canvas")
+    parser.add_argument("--boxes_from_mask", action="store_true",
+                        help="also answer with one box per connected component of the thresholded mask, for phrases "
+                             "naming several objects (touching objects merge into one box)")
+    parser.add_argument("--min_component_area", type=float, default=MIN_COMPONENT_AREA,
+                        help="--boxes_from_mask: smallest component kept, as a fraction of the image's area")
+
+
+def presence_source(requested, has_head):
+    """The source used: the one asked for (both and head need a presence head), else head where there is one."""
+    if requested in ("head", "both") and not has_head:
+        raise ValueError(f"--presence_from {requested}: the checkpoint has no presence head (train with "
+                         f"--presence_head), use --presence_from mask")
+    return requested or ("head" if has_head else None)
+
+
+def usable(thresholds, source, top):
+    """Whether the stored thresholds hold one for source, and for a mask score one of the same top share."""
+    chosen = (thresholds or {}).get(source)
+    return chosen is not None and (source == "head" or chosen.get("mask_presence_top") == top)
+
+
+def stored_threshold(thresholds, source, where, top=MASK_PRESENCE_TOP):
+    """The threshold chosen on validation for source (and a mask score's top share), as a checkpoint (or export)
+    stores them; ValueError naming where it should have been and what to do."""
+    if not usable(thresholds, source, top):
+        raise ValueError(f"--presence_threshold auto: {where} holds no presence threshold for --presence_from "
+                         f"{source}{'' if source == 'head' else f' at --mask_presence_top {top}'} (training on data "
+                         f"with no-target phrases stores them); give a number, or choose one on a validation split "
+                         f"with eval.py --presence_threshold auto")
+    return float(thresholds[source]["threshold"])
+
