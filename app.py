@@ -24,8 +24,9 @@ MAX_FILE_SIZE = "50mb"
 def get_args_parser():
     parser = argparse.ArgumentParser(prog="app.py", description="A browser demo of a SegVG checkpoint (Gradio).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", help=f"our checkpoint or an official SegVG one (default {DEMO_CHECKPOINT}; with "
-                                             f"--backend onnxruntime: optional)")
+    parser.add_argument("--checkpoint", help=f"our checkpoint or an official SegVG one: a .pth file, a folder in the "
+                                             f"Hub's layout or a Hub id ORG/NAME[@revision] (default "
+                                             f"{DEMO_CHECKPOINT}; with --backend onnxruntime: optional)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on; 0.0.0.0 makes the page reachable from other machines")
     parser.add_argument("--port", type=int, default=7860, help="port to serve on")
@@ -71,7 +72,7 @@ def build_predictor(opts):
         return SegVGPredictor.from_onnx(opts.onnx, opts.checkpoint, opts.device, opts.bert_model, opts.vocab_file,
                                         **options)
     checkpoint = opts.checkpoint or DEMO_CHECKPOINT
-    if not Path(checkpoint).is_file():
+    if opts.checkpoint is None and not Path(checkpoint).is_file():
         hint = "train the demo first with `bash train.sh`" if opts.checkpoint is None else "check the path"
         raise FileNotFoundError(f"no checkpoint at {checkpoint}: {hint}, or give --checkpoint CKPT")
     return SegVGPredictor.from_checkpoint(checkpoint, opts.device, opts.bert_model, opts.vocab_file, **options)

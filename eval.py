@@ -31,7 +31,8 @@ from evaluation.presence import (add_answer_flags, choose_threshold, presence_sc
 from evaluation.segmentation_map import MASK_THRESHOLD
 from inference.fast_path import prepare_for_inference
 from inference.onnx_runtime import OnnxRuntimeModel
-from models.checkpoint import CheckpointError, load_from_checkpoint
+from models.checkpoint import CheckpointError
+from models.pretrained import load_from_checkpoint
 from utils.distributed import destroy_process_group, init_distributed_mode, is_main_process
 from utils.files import FileWriteError, atomic_write
 from utils.options import AMP_CHOICES, add_backend_flags, add_process_group_flags, add_tokenizer_flags
@@ -47,7 +48,8 @@ def get_args_parser():
     parser = argparse.ArgumentParser(prog="eval.py", description="Evaluate a SegVG checkpoint on one split.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoint", "--eval_model", dest="checkpoint", required=True,
-                        help="checkpoint to evaluate, ours or an official one (--eval_model is the original's name)")
+                        help="checkpoint to evaluate, ours or an official one: a .pth file, a folder in the Hub's "
+                             "layout or a Hub id ORG/NAME[@revision] (--eval_model is the original's name)")
     parser.add_argument("--eval_set", help="split(s) of --dataset to evaluate: val, test, testA, ..., or several, "
                                             "comma-separated (val,testA,testB) [default: test]")
     parser.add_argument("--eval_sets",

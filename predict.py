@@ -37,7 +37,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 def get_args_parser():
     parser = argparse.ArgumentParser(prog="predict.py", description="Ground phrases in images with a SegVG checkpoint.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", help="our checkpoint or an official SegVG one (with --backend onnxruntime: "
+    parser.add_argument("--checkpoint", help="our checkpoint or an official SegVG one: a .pth file, a folder in the Hub's "
+                                             "layout or a Hub id ORG/NAME[@revision] (with --backend onnxruntime: "
                                              "optional, the configuration and tokenizer to use)")
     inputs = parser.add_argument_group("inputs (one of --image, --images or --pairs)")
     inputs.add_argument("--image", help="image file (with one or more --phrase)")

@@ -20,8 +20,9 @@ from engine import (LATEST, NonFiniteLossError, TrainingRun, TrainState, evaluat
 from evaluation.generalized_results import generalized_scorer
 from evaluation.presence import MASK_PRESENCE_TOP
 from models import build_criterion, build_model
-from models.checkpoint import (CheckpointError, apply_pretrained_config, load_detr_weights, load_weights, safe_load,
+from models.checkpoint import (CheckpointError, apply_pretrained_config, load_detr_weights, load_weights,
                                tokenizer_from_checkpoint)
+from models.pretrained import read_checkpoint
 from utils.distributed import (all_gather_object, collective_timeout, destroy_process_group, get_rank, get_world_size,
                                init_distributed_mode, is_main_process)
 from utils.files import FileWriteError, atomic_write
@@ -186,7 +187,7 @@ def train(args, stop, explicit=()):
     if args.auto_resume and not args.resume and latest.is_file():
         args.resume = str(latest)
 
-    pretrained = safe_load(args.pretrained) if args.pretrained else None
+    pretrained = read_checkpoint(args.pretrained) if args.pretrained else None
     if pretrained is not None:
         # The configuration and vocabulary also when resuming: the run's model is the pretrained one's.
         official = apply_pretrained_config(args, pretrained, explicit)

@@ -32,7 +32,7 @@ def worker(opts):
     from inference.fast_path import prepare_for_inference
     from inference.onnx_export import example_inputs, parity_phrases
     from inference.onnx_runtime import OnnxRuntimeModel
-    from models.checkpoint import load_from_checkpoint
+    from models.pretrained import load_from_checkpoint
 
     model, tokenizer, args, _ = load_from_checkpoint(opts.checkpoint)
     phrases = parity_phrases(args)[1:]
@@ -63,7 +63,7 @@ def arithmetic_floor(checkpoint):
 
     from inference.fast_path import prepare_for_inference
     from inference.onnx_export import example_inputs, parity_phrases
-    from models.checkpoint import load_from_checkpoint
+    from models.pretrained import load_from_checkpoint
 
     model, tokenizer, args, _ = load_from_checkpoint(checkpoint)
     model = prepare_for_inference(model)
@@ -107,7 +107,7 @@ def quantize_generated(opts, onnx_path, method):
     from inference.onnx_export import example_inputs, parity_phrases
     from inference.onnx_quantize import quantize_dynamic_int8, quantize_static_int8
     from inference.onnx_runtime import INPUT_NAMES
-    from models.checkpoint import load_from_checkpoint
+    from models.pretrained import load_from_checkpoint
 
     out = onnx_path.with_suffix(f".{method}.onnx")
     if method == "dynamic":

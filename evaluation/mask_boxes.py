@@ -23,16 +23,3 @@ def boxes_from_mask(prob, threshold, min_area=MIN_COMPONENT_AREA):
             continue
         boxes.append([float(x), float(y), float(x + w), float(y + h), round(float(sums[label] / area), 4)])
     return sorted(boxes, key=lambda b: -b[4])
-
-
-def add_answer_flags(parser):
-    """--presence_threshold, --boxes_from_mask and --min_component_area, as eval.py, predict.py and app.py take them."""
-    parser.add_argument("--presence_threshold", type=float, default=0.5,
-                        help="a checkpoint with a presence head: phrases whose presence probability is below this are "
-                             "answered \"not found\" (records keep \"present\" and \"found\"; eval.py's JSON shows the "
-                             "metrics at other values too: pick it on val)")
-    parser.add_argument("--boxes_from_mask", action="store_true",
-                        help="also answer with one box per connected component of the thresholded mask, for phrases "
-                             "naming several objects (touching objects merge into one box)")
-    parser.add_argument("--min_component_area", type=float, default=MIN_COMPONENT_AREA,
-                        help="--boxes_from_mask: smallest component kept, as a fraction of the image's area")

@@ -30,8 +30,8 @@ from evaluation.mask_boxes import MIN_COMPONENT_AREA, boxes_from_mask
 from evaluation.mask_refine import refine_mask
 from evaluation.presence import MASK_PRESENCE_TOP, mask_presence, presence_scores, presence_source, stored_threshold
 from evaluation.segmentation_map import MASK_THRESHOLD, canvas_probabilities, segmentation_confidence
-from models.checkpoint import (load_from_checkpoint, resolve_config, safe_load, tokenizer_from_checkpoint,
-                               tokenizer_overrides)
+from models.checkpoint import resolve_config, tokenizer_from_checkpoint, tokenizer_overrides
+from models.pretrained import load_from_checkpoint, read_checkpoint
 from utils.runtime import resolve_device
 
 from .fast_path import prepare_for_inference
@@ -112,6 +112,12 @@ class SegVGPredictor:
         return cls(model, tokenizer, args, resolve_device(device), fast=False, **options)
 
     @classmethod
+    def from_pretrained(cls, spec, device="auto", **options):
+        """from_checkpoint of a Hub id ORG/NAME[@revision] (downloaded into huggingface_hub's cache, offline from it
+        afterwards), a folder in the Hub's layout or a .pth file (models.pretrained)."""
+        return cls.from_checkpoint(spec, device, **options)
+
+    @classmethod
     def from_onnx(cls, onnx_path, checkpoint=None, device="auto", bert_model=None, vocab_file=None, **options):
         """The network of an ONNX export run by ONNX Runtime (inference.onnx_runtime); the configuration and
         tokenizer come from checkpoint when given, else from the export's metadata."""
@@ -119,7 +125,7 @@ class SegVGPredictor:
 
         network = OnnxRuntimeModel(onnx_path, resolve_device(device))
         overrides = tokenizer_overrides(bert_model, vocab_file)
-        source = safe_load(checkpoint) if checkpoint else {"model": {}, "args": network.config,
+        source = read_checkpoint(checkpoint) if checkpoint else {"model": {}, "args": network.config,
                                                             "tokenizer": {"vocab": network.vocab}}
         args, _ = resolve_config(source, overrides)
         if checkpoint:

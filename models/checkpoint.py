@@ -268,13 +268,3 @@ def load_weights(model, checkpoint, official, source="checkpoint", new_mask_head
 def load_model(args, checkpoint, official, source="checkpoint"):
     """The model of configuration args with the checkpoint's weights."""
     return load_weights(build_model(args), checkpoint, official, source)
-
-
-def load_from_checkpoint(path, overrides=None):
-    """-> (model on the CPU, tokenizer, configuration, whether the file is an official checkpoint)."""
-    checkpoint = safe_load(path)
-    args, official = resolve_config(checkpoint, overrides)
-    tokenizer = tokenizer_from_checkpoint(checkpoint, args, overrides or {})
-    model = load_model(args, checkpoint, official, f"checkpoint {path}")
-    model.presence_thresholds = dict(checkpoint.get("presence_thresholds") or {})
-    return model, tokenizer, args, official

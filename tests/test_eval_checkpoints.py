@@ -7,8 +7,9 @@ from helpers import synthetic_batch, tiny_train_args
 
 from datasets.tokenizer import DEMO_VOCAB
 from models import build_model
-from models.checkpoint import (json_config, load_from_checkpoint, load_model, ours_to_official, resolve_config,
-                               safe_load, tokenizer_from_checkpoint, tokenizer_info)
+from models.checkpoint import (json_config, load_model, ours_to_official, resolve_config, safe_load,
+                               tokenizer_from_checkpoint, tokenizer_info)
+from models.pretrained import load_from_checkpoint
 
 TRAINED_ARGS = ["--imsize", "96", "--max_query_len", "10", "--enc_layers", "4", "--bert_vocab_size", "119"]
 

@@ -16,7 +16,8 @@ import predict
 from datasets import demo
 from inference.fast_path import prepare_for_inference
 from models import build_model
-from models.checkpoint import CheckpointError, load_from_checkpoint, load_weights, resolve_config, safe_load
+from models.checkpoint import CheckpointError, load_weights, resolve_config, safe_load
+from models.pretrained import load_from_checkpoint
 from models.criterion import build_criterion
 from models.mask_head import default_mask_stride
 

@@ -48,7 +48,7 @@ def test_export_writes_metadata_and_checks_against_pytorch(exported, capsys):
 def test_onnxruntime_matches_pytorch_within_tolerance(exported):
     from inference.fast_path import prepare_for_inference
     from inference.onnx_export import compare_with_onnxruntime
-    from models.checkpoint import load_from_checkpoint
+    from models.pretrained import load_from_checkpoint
 
     checkpoint, path = exported
     model, tokenizer, args, _ = load_from_checkpoint(checkpoint)
@@ -77,7 +77,7 @@ def test_a_different_model_fails_the_comparison(exported, tmp_path):
     """The comparison can fail: the export of another model's weights does not match this one."""
     from inference.fast_path import prepare_for_inference
     from inference.onnx_export import compare_with_onnxruntime
-    from models.checkpoint import load_from_checkpoint
+    from models.pretrained import load_from_checkpoint
 
     _, path = exported
     other = write_tiny_checkpoint(tmp_path / "other.pth", seed=1)

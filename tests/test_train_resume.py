@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, Subset
 import train
 from datasets import build_dataset, collate_fn
 from engine import NonFiniteLossError, evaluate, summarize_results
-from models.checkpoint import load_from_checkpoint, safe_load
+from models.checkpoint import safe_load
+from models.pretrained import load_from_checkpoint
 
 STEPS_PER_EPOCH = 4
 
@@ -54,7 +55,8 @@ def test_non_finite_loss_stops_then_resume_matches_straight_run(demo_root, tmp_p
     assert straight["epoch"] == 1 and straight["step"] == 2 * STEPS_PER_EPOCH
 
     build_criterion = train.build_criterion
-    monkeypatch.setattr(train, "build_criterion", lambda args: NaNFromStep(build_criterion(args), STEPS_PER_EPOCH))
+    monkeypatch.setattr(train, "build_criterion",
+                        lambda *args: NaNFromStep(build_criterion(*args), STEPS_PER_EPOCH))
     with pytest.raises(NonFiniteLossError, match=f"step {STEPS_PER_EPOCH} "):
         run(demo_root, tmp_path / "resumed")
     kept = safe_load(tmp_path / "resumed" / "checkpoint_latest.pth")

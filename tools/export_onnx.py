@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from inference.fast_path import prepare_for_inference
 from inference.onnx_export import DEFAULT_OPSET, compare_with_onnxruntime, export_onnx
 from inference.onnx_runtime import OnnxModelError
-from models.checkpoint import CheckpointError, load_from_checkpoint, tokenizer_overrides
+from models.checkpoint import CheckpointError, tokenizer_overrides
+from models.pretrained import load_from_checkpoint
 from utils.files import FileWriteError
 from utils.options import add_tokenizer_flags
 
@@ -24,7 +25,9 @@ PROBABILITY_TOLERANCE = 1e-3
 def get_args_parser():
     parser = argparse.ArgumentParser(prog="tools/export_onnx.py", description="Export a SegVG checkpoint to ONNX.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="our checkpoint or an official SegVG one")
+    parser.add_argument("--checkpoint", required=True,
+                        help="our checkpoint or an official SegVG one: a .pth file, a folder in the Hub's layout or a "
+                             "Hub id ORG/NAME[@revision]")
     parser.add_argument("--out", required=True, help="the .onnx file to write")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
     parser.add_argument("--batch", default="dynamic", help="'dynamic', or a fixed batch size")

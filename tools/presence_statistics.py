@@ -18,7 +18,7 @@ from datasets import build_dataset, build_eval_loader
 from evaluation.generalized_metrics import auroc
 from evaluation.presence import choose_threshold, mask_presence
 from evaluation.segmentation_map import canvas_probabilities, segmentation_confidence
-from models.checkpoint import load_from_checkpoint
+from models.pretrained import load_from_checkpoint
 
 TOPS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 

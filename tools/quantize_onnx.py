@@ -17,7 +17,8 @@ from datasets import build_dataset
 from inference.onnx_quantize import (box_agreement, quantize_dynamic_int8, quantize_static_int8, sample_feeds,
                                      spread_indices)
 from inference.onnx_runtime import OnnxModelError, OnnxRuntimeModel
-from models.checkpoint import CheckpointError, load_from_checkpoint, tokenizer_overrides
+from models.checkpoint import CheckpointError, tokenizer_overrides
+from models.pretrained import load_from_checkpoint
 from utils.files import FileWriteError
 from utils.options import add_tokenizer_flags
 

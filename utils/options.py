@@ -291,7 +291,8 @@ def _add_checkpoint_flags(parser):
                      help="folder of the run's checkpoints and logs (default: outputs/<dataset>); one run at a time")
     run.add_argument("--detr_model", default="", help="DETR checkpoint that initialises the visual branch")
     run.add_argument("--pretrained", default="",
-                     help="fine-tune: a checkpoint (ours or an official one) that initialises every weight, with a "
+                     help="fine-tune: a checkpoint (ours or an official one; a .pth file, a folder in the Hub's "
+                          "layout or a Hub id ORG/NAME[@revision]) that initialises every weight, with a "
                           "fresh optimizer, schedule and epoch count; the model flags and the vocabulary come from "
                           "it unless given on the command line")
     run.add_argument("--resume", default="", help="checkpoint to continue from (also one written mid-epoch)")
