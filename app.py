@@ -11,13 +11,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from evaluation.presence import add_answer_flags
+from datasets.images import add_image_flags
 from evaluation.mask_refine import add_mask_refine_flag
+from evaluation.presence import add_answer_flags
 from models.checkpoint import CheckpointError
 from utils.files import FileWriteError
 from utils.options import add_backend_flags, add_exif_flag, add_tokenizer_flags
 
 DEMO_CHECKPOINT = "outputs/demo/best_checkpoint.pth"
+# A page anyone may upload to refuses far smaller images than Pillow's limit (phones take at most 200 MP): 64 MP.
+APP_MAX_PIXELS = 64_000_000
 MAX_FILE_SIZE = "50mb"
 
 
@@ -39,6 +42,7 @@ def get_args_parser():
     add_answer_flags(parser)
     add_mask_refine_flag(parser)
     add_exif_flag(parser)
+    add_image_flags(parser, APP_MAX_PIXELS)
     add_tokenizer_flags(parser)
     add_backend_flags(parser)
     return parser
@@ -66,6 +70,7 @@ def build_predictor(opts):
     from inference import SegVGPredictor
 
     options = {"exif": opts.exif, "presence_threshold": opts.presence_threshold,
+               "max_image_pixels": opts.max_image_pixels, "reduced_decode": not opts.full_decode,
                "boxes_from_mask": opts.boxes_from_mask, "min_component_area": opts.min_component_area,
                "presence_from": opts.presence_from, "mask_presence_top": opts.mask_presence_top}
     if opts.backend == "onnxruntime":

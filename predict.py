@@ -19,10 +19,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from datasets.images import add_image_flags
 from datasets.samplers import ImageBatchSampler
-from evaluation.presence import add_answer_flags
 from evaluation.mask_refine import add_mask_refine_flag
 from evaluation.predictions import read_pairs
+from evaluation.presence import add_answer_flags
 from evaluation.segmentation_map import MASK_THRESHOLD
 from inference import SegVGPredictor
 from inference.prediction_run import PredictionRun, predict_batches, save_prediction
@@ -47,6 +48,7 @@ def get_args_parser():
                         help="referring expression; repeat for several")
     inputs.add_argument("--pairs", help="JSONL file of {\"image\": path, \"phrase\": text} lines")
     add_exif_flag(inputs)
+    add_image_flags(inputs)
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--out", help="overlay PNG (several predictions: vis.png -> vis_0.png, vis_1.png, ...)")
     outputs.add_argument("--output_dir", help="folder for predictions.jsonl (prediction records), masks/ and overlays/")
@@ -130,6 +132,7 @@ def check_outputs(opts):
 
 def build_predictor(opts):
     options = {"mask_threshold": opts.mask_threshold, "mask_refine": opts.mask_refine, "exif": opts.exif,
+               "max_image_pixels": opts.max_image_pixels, "reduced_decode": not opts.full_decode,
                "presence_threshold": opts.presence_threshold, "boxes_from_mask": opts.boxes_from_mask,
                "min_component_area": opts.min_component_area, "presence_from": opts.presence_from,
                "mask_presence_top": opts.mask_presence_top}

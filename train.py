@@ -3,6 +3,7 @@
     python train.py --dataset unc --data_root ... --split_root ... --detr_model detr-r101-unc.pth
     torchrun --nproc_per_node 8 train.py ...     (see train.sh)
 """
+import argparse
 import datetime
 import json
 import os
@@ -15,20 +16,20 @@ from torch.nn.parallel import DistributedDataParallel
 
 from datasets import build_loaders, build_subset_loader, build_tokenizer, is_generalized
 from datasets.mixed import dataset_names
-from engine import (LATEST, NonFiniteLossError, TrainingRun, TrainState, evaluate, format_stats, fresh_progress,
+from engine import (BEST, LATEST, NonFiniteLossError, TrainingRun, TrainState, evaluate, format_stats, fresh_progress,
                     selection_score, summarize_results, train_one_epoch)
 from evaluation.generalized_results import generalized_scorer
 from evaluation.presence import MASK_PRESENCE_TOP
 from models import build_criterion, build_model
-from models.checkpoint import (CheckpointError, apply_pretrained_config, load_detr_weights, load_weights,
-                               tokenizer_from_checkpoint)
+from models.checkpoint import (RUN_KEYS, CheckpointError, apply_pretrained_config, json_config, load_detr_weights,
+                               load_weights, tokenizer_from_checkpoint)
 from models.pretrained import read_checkpoint
 from utils.distributed import (all_gather_object, collective_timeout, destroy_process_group, get_rank, get_world_size,
                                init_distributed_mode, is_main_process)
 from utils.files import FileWriteError, atomic_write
 from utils.lr_scheduler import budget_spent
 from utils.metric_logger import MetricLogger
-from utils.options import build_training_parser, explicit_flags
+from utils.options import build_training_parser, explicit_flags, model_flags
 from utils.preemption import StopSignal
 from utils.rng import seed_everything, set_rng_state
 from utils.run_lock import OutputDirLock, RunLockError
@@ -149,6 +150,50 @@ def lock_output_dir(args):
     return lock
 
 
+def checkpoint_step(path):
+    """The step a checkpoint was written at, read without loading its tensors."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("step", "?")
+    except Exception:  # noqa: BLE001 (a damaged file is still one the run would replace)
+        return "?"
+
+
+def claim_output_dir(args):
+    """A new run may not silently replace another: refuse a folder holding a checkpoint, or with --overwrite remove
+    its checkpoints (rank 0) and say so."""
+    folder = Path(args.output_dir)
+    found = [p for p in (folder / LATEST, folder / BEST) if p.is_file()]
+    if not found:
+        return
+    held = f"{found[0]} (step {checkpoint_step(found[0])})"
+    if not args.overwrite:
+        raise ValueError(f"{folder} holds {held}: continue that run with --auto_resume, or start over with "
+                         f"--overwrite (which replaces it), or choose another --output_dir")
+    print(f"--overwrite: starting over in {folder}; {held} and the run's other checkpoints are removed")
+    if is_main_process():
+        for path in [*found, *folder.glob("checkpoint_step*.pth")]:
+            path.unlink()
+
+
+def check_resumed_flags(args):
+    """Resuming with other flags than the checkpoint's run: name them; refuse another model or dataset unless
+    --allow_flag_changes (a longer schedule, another learning rate and the like go on)."""
+    saved = torch.load(args.resume, map_location="cpu", weights_only=True, mmap=True).get("args") or {}
+    saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
+    now = json_config(args)
+    ignored = RUN_KEYS | {"overwrite", "allow_flag_changes", "data_root", "split_root", "eval_every", "eval_subset",
+                          "save_every", "keep_last"}
+    changed = {k: (saved[k], now[k]) for k in sorted(now) if k in saved and k not in ignored and saved[k] != now[k]}
+    if not changed:
+        return
+    listed = ", ".join(f"--{k} {old} -> {new}" for k, (old, new) in changed.items())
+    identity = sorted(set(changed) & (model_flags() | {"dataset"}))
+    if identity and not args.allow_flag_changes:
+        raise ValueError(f"{args.resume} was trained with other model or dataset flags ({listed}): that is another "
+                         f"run; give its flags, --allow_flag_changes to go on anyway, or --overwrite to start over")
+    print(f"resuming {args.resume} with flags that differ from its run: {listed}")
+
+
 def main(args, explicit=()):
     """Train. explicit: the flags given on the command line, which a --pretrained checkpoint's configuration does not
     override. Returns (status, stop): status "done", "budget" (--max_steps or --minutes spent) or "stopped" by the
@@ -186,6 +231,8 @@ def train(args, stop, explicit=()):
     latest = Path(args.output_dir) / LATEST
     if args.auto_resume and not args.resume and latest.is_file():
         args.resume = str(latest)
+    if not args.resume:
+        claim_output_dir(args)
 
     pretrained = read_checkpoint(args.pretrained) if args.pretrained else None
     if pretrained is not None:
@@ -197,6 +244,8 @@ def train(args, stop, explicit=()):
     if args.bert_init == "random":
         # A BERT trained from scratch gets exactly one embedding row per token of the vocabulary in use.
         args.bert_vocab_size = len(tokenizer)
+    if args.resume:
+        check_resumed_flags(args)
     loader_train, loader_val = build_loaders(args, tokenizer)
     report_mix(args, loader_train.dataset)
     model = build_model(args)

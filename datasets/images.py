@@ -8,6 +8,9 @@ the original). HEIC / HEIF files read through the optional pillow-heif package; 
 format (libheif always applies it), so they read upright whatever `exif` says.
 """
 import functools
+import math
+import re
+import warnings
 from pathlib import Path
 
 import cv2
@@ -20,6 +23,19 @@ ORIENTATION_TAG = 0x0112
 TRANSPOSING = (5, 6, 7, 8)
 # The ISO base media "ftyp" brands of HEIF still images (AVIF's are read by Pillow itself).
 HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+# Where Pillow refuses an image outright (twice its warning limit: about 179 megapixels), the default of
+# --max_image_pixels.
+MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+# What a file's first bytes say it is, for telling why it cannot be read.
+SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+              (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"%PDF", "PDF document"),
+              (b"PK\x03\x04", "ZIP archive"), (b"\x1f\x8b", "gzip archive"))
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WebP", "HEIF", "AVIF")
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message says why: too large, truncated, corrupt, not an image, or a package
+    missing to read it."""
 
 
 def orient(rgb, orientation):
@@ -52,6 +68,69 @@ def is_heif(path):
     with open(path, "rb") as f:
         head = f.read(12)
     return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
+
+
+def sniff(path):
+    """The format a file's first bytes announce (None when they announce none this code knows)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[4:8] == b"ftyp":
+        return "AVIF" if head[8:12] in (b"avif", b"avis") else "HEIF" if head[8:12] in HEIF_BRANDS else "MP4 video"
+    if head.lstrip()[:5].lower() in (b"<?xml", b"<svg ", b"<svg>", b"<!doc", b"<html"):
+        return "SVG or HTML document"
+    return next((name for magic, name in SIGNATURES if head.startswith(magic)), None)
+
+
+def why_unreadable(path, err):
+    """The cause of a failed decode, in words: an empty file, not an image (what it is instead), HEIC without
+    pillow-heif, a truncated or a corrupt file of its format."""
+    if Path(path).stat().st_size == 0:
+        return "an empty file"
+    kind = sniff(path)
+    if kind is None:
+        return "not an image: its first bytes are no image format this code reads (save it as PNG or JPEG)"
+    if kind not in IMAGE_FORMATS:
+        return f"a {kind}, not an image (save the picture as PNG or JPEG)"
+    if "pillow-heif" in str(err):
+        return str(err)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with open_image(path) as pil:
+                pil.load()
+    except (OSError, SyntaxError, ValueError) as failure:
+        detail = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
+        if "truncated" in detail:
+            return f"a truncated {kind}: the file ends before its pixels do (an interrupted download or copy?)"
+        return f"a corrupt {kind} ({detail})"
+    return f"a {kind} this decoder cannot read ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+
+
+def header_size(path):
+    """(width, height) from the file's header, nothing decoded; None for a file PIL does not identify; for an image
+    Pillow refuses outright (beyond MAX_PIXELS), its pixel count alone."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with open_image(path) as pil:
+                return pil.size
+    except Image.DecompressionBombError as err:
+        return int(re.search(r"\((\d+) pixels\)", str(err)).group(1))
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
+def check_pixels(where, size, limit):
+    """ImageError when an image of size (width, height), or of a pixel count, exceeds limit pixels (None: no
+    limit; Pillow's own refusal beyond MAX_PIXELS always counts)."""
+    pixels = size if isinstance(size, int) else size[0] * size[1]
+    if isinstance(size, int) or (limit is not None and pixels > limit):
+        shape = "" if isinstance(size, int) else f"{size[0]} x {size[1]} pixels, "
+        limit = min(limit or MAX_PIXELS, MAX_PIXELS) if isinstance(size, int) else limit
+        raise ImageError(f"{where} is too large: {shape}{pixels / 1e6:.3g} megapixels, above the limit of "
+                         f"{limit / 1e6:.3g} megapixels (--max_image_pixels); downscale it, or raise the limit")
 
 
 @functools.cache
@@ -109,8 +188,36 @@ def decode(path, with_orientation=True):
             with open_image(path) as pil:
                 return pil_pixels(pil)
         return cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB), header_orientation(path) if with_orientation else 1, False
+    except ImageError:
+        raise
     except Exception as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
+        raise ImageError(f"cannot read image {path}: {why_unreadable(path, err)}") from None
+
+
+def read_photo(path, exif="apply", max_pixels=MAX_PIXELS, canvas=None):
+    """A photo for prediction: -> (uint8 [H, W, 3] RGB, orientation note, (width, height) of the full image as
+    oriented). Its pixel count is checked from the header before anything is decoded (ImageError above max_pixels);
+    a JPEG far larger than the model's canvas side (canvas) is decoded at a reduced scale (libjpeg's 1/2, 1/4 or 1/8,
+    keeping its long side at least twice the canvas): the pixels then stand for the full size that the third value
+    gives."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} not found")
+    size = header_size(path)
+    if size is not None:
+        check_pixels(path, size, max_pixels)
+    if canvas is None or size is None or max(size) < 4 * canvas or sniff(path) != "JPEG":
+        rgb, note = read_image(path, exif)
+        return rgb, note, (rgb.shape[1], rgb.shape[0])
+    scale = 2 * canvas / max(size)
+    try:
+        with open_image(path) as pil:
+            pil.draft("RGB", (math.ceil(size[0] * scale), math.ceil(size[1] * scale)))
+            rgb, note = oriented(*pil_pixels(pil), exif)
+    except Exception as err:
+        raise ImageError(f"cannot read image {path}: {why_unreadable(path, err)}") from None
+    swap = note.get("exif") == "apply" and note.get("exif_orientation") in TRANSPOSING
+    return rgb, note, (size[1], size[0]) if swap else size
 
 
 def oriented(rgb, orientation, turned, exif):
@@ -149,3 +256,13 @@ def image_size(path, exif="ignore"):
     except ValueError as err:
         raise ValueError(f"cannot read image {path}: {err}") from None
     return (height, width) if turned else (width, height)
+
+
+def add_image_flags(parser, max_pixels=MAX_PIXELS):
+    """--max_image_pixels and --full_decode of the scripts that read photos (predict.py, app.py)."""
+    parser.add_argument("--max_image_pixels", type=int, default=max_pixels,
+                        help="larger images are refused, from their header, before anything is decoded (Pillow's own "
+                             "limit, twice its default, also applies)")
+    parser.add_argument("--full_decode", action="store_true",
+                        help="decode every image whole (by default a JPEG far larger than the model's canvas is "
+                             "decoded at 1/2, 1/4 or 1/8 of its size: faster, boxes within a pixel at the canvas)")

@@ -43,6 +43,8 @@ def resize(img, width, height):
         return img
     if img.ndim == 2:
         return resize(img[..., None], width, height)[..., 0]
+    if not img.flags.writeable:  # np.asarray of a PIL image: torch refuses to view it silently
+        img = np.array(img)
     chw = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)  # a view, channels-last in memory
     out = TF.resize(chw, [height, width], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
     return out.permute(1, 2, 0).contiguous().numpy()

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from datasets.images import read_image
+from datasets.images import MAX_PIXELS, read_photo
 from datasets.records import write_jsonl
 from evaluation.mask_boxes import boxes_from_mask
 from evaluation.mask_metrics import save_png
@@ -27,28 +27,29 @@ class RequestError(ValueError):
     """A request the app cannot answer; the message says why and what to do."""
 
 
-def read_upload(path, exif="apply"):
-    """The uploaded file -> (uint8 [H, W, 3] RGB, orientation note (datasets.images), notes). The message of an
-    unreadable file names the upload, never the server's folder."""
+def read_upload(path, exif="apply", max_pixels=MAX_PIXELS):
+    """The uploaded file -> (uint8 [H, W, 3] RGB, orientation note (datasets.images), notes). Its size is checked
+    from its header before any decoding (max_pixels), a large JPEG decoded at a reduced scale; the message of an
+    unreadable file says why (too large, truncated, corrupt, not an image, HEIC without pillow-heif) and names the
+    upload, never the server's folder."""
     if path is None:
         raise RequestError("No image: upload one, paste one or take a photo, then press Ground.")
     name = Path(path).name
     try:
-        rgb, orientation = read_image(path, exif)
+        rgb, orientation, (w, h) = read_photo(path, exif, max_pixels, canvas=MAX_SIDE // 2)
         with Image.open(path) as pil:
             mode = pil.mode
     except (ValueError, OSError) as err:
         if "pillow-heif" in str(err):
             raise RequestError(f"{name} is a HEIC photo: the server needs the pillow-heif package to read it "
                                f"(pip install pillow-heif), or upload a JPEG.") from None
-        raise RequestError(f"{name} is not an image this app can read: upload a PNG, JPEG, WebP, AVIF, HEIC, BMP, "
-                           f"TIFF or GIF file.") from None
+        cause = str(err).replace(f"cannot read image {path}: ", "").replace(f"{path} is ", "")
+        raise RequestError(f"{name} cannot be used: {cause}.".replace("..", ".")) from None
     notes = [] if mode in PLAIN_MODES else [f"{name}: {mode} image converted to 8-bit RGB."]
     if orientation:
         done = "turned as viewers show it" if orientation["exif"] == "apply" else "kept as stored (--exif ignore)"
         notes.append(f"{name}: EXIF orientation {orientation['exif_orientation']}: the photo was {done}; boxes and "
                      f"masks refer to that.")
-    h, w = rgb.shape[:2]
     if max(h, w) > MAX_SIDE:
         scale = MAX_SIDE / max(h, w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -86,7 +87,7 @@ def ground(predictor, image_path, text, mask_threshold, show_masks, out_dir, mas
     "seconds": the model's time}."""
     if not 0 <= mask_threshold <= 1:
         raise RequestError(f"mask threshold {mask_threshold} is outside [0, 1].")
-    rgb, orientation, notes = read_upload(image_path, predictor.exif)
+    rgb, orientation, notes = read_upload(image_path, predictor.exif, predictor.max_image_pixels)
     phrases = read_phrases(text)
     start = time.perf_counter()
     results, predict_notes = predict_with_notes(predictor, rgb, phrases)

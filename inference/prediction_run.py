@@ -14,6 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch.distributed as dist
 
@@ -24,7 +25,6 @@ from evaluation.overlays import draw_overlay
 from evaluation.predictions import prediction_record
 from utils.files import FileWriteError, fsync_folder
 
-from .predictor import load_image
 
 PARTS = "parts"
 MERGED = "predictions.jsonl"
@@ -154,12 +154,12 @@ def predict_batches(predictor, pairs, batches, progress=None):
             image = pairs[k][0]
             if image not in loaded:
                 try:
-                    loaded[image] = load_image(image, predictor.exif)
+                    loaded[image] = predictor.load(image)
                 except (FileNotFoundError, ValueError) as err:
                     loaded[image] = str(err)
                     sys.stderr.write(f"warning: skipped {image}: {err}\n")  # every rank reports its own
         good = [k for k in batch if not isinstance(loaded[pairs[k][0]], str)]
-        results = predictor.predict([loaded[pairs[k][0]][0] for k in good], [pairs[k][1] for k in good]) if good else []
+        results = predictor.predict([loaded[pairs[k][0]] for k in good], [pairs[k][1] for k in good]) if good else []
         by_pair = {k: {**result, **loaded[pairs[k][0]][1]} for k, result in zip(good, results)}  # + orientation note
         for k in batch:
             image = loaded[pairs[k][0]]
@@ -190,6 +190,10 @@ def save_prediction(pairs, k, rgb, result, output_dir=None, save_masks=False, sa
     if overlay is not None:
         overlay.parent.mkdir(parents=True, exist_ok=True)
         shown = result["refined_mask"].astype(np.float32) if "refined_mask" in result else result["mask"]
-        draw_overlay(rgb, result["box"], shown, phrase, result["score"]).save(overlay)
+        box, (width, height) = result["box"], result["image_size"]
+        if rgb.shape[:2] != (height, width):  # a JPEG decoded at a reduced scale: drawn at that scale
+            box = [v * rgb.shape[1] / width if i % 2 == 0 else v * rgb.shape[0] / height for i, v in enumerate(box)]
+            shown = cv2.resize(shown, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_AREA)
+        draw_overlay(rgb, box, shown, phrase, result["score"]).save(overlay)
         extra["overlay"] = str(overlay)
     return prediction_record(image, phrase, result["box"], result["score"], **extra)

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torchvision.ops import box_convert
 
-from datasets.images import EXIF_MODES, pil_to_rgb, read_image
+from datasets.images import EXIF_MODES, MAX_PIXELS, check_pixels, pil_to_rgb, read_photo
 from datasets.tokenizer import encode_text
 from datasets.transforms import canvas_map_to_image, canvas_to_image, make_transforms
 from evaluation.mask_boxes import MIN_COMPONENT_AREA, boxes_from_mask
@@ -37,23 +37,29 @@ from utils.runtime import resolve_device
 from .fast_path import prepare_for_inference
 
 
-def load_image(image, exif="apply"):
-    """A path, PIL image or array -> (uint8 [H, W, 3] RGB, orientation note: datasets.images.oriented), with
-    an error that says what was wrong. exif: apply or ignore a file's or PIL image's EXIF orientation."""
+def load_image(image, exif="apply", max_pixels=MAX_PIXELS, canvas=None):
+    """A path, PIL image or array -> (uint8 [H, W, 3] RGB, orientation note: datasets.images.oriented, (width,
+    height) of the full image), with an error that says what was wrong (ImageError: too large, truncated, ...).
+    exif: apply or ignore a file's or PIL image's EXIF orientation; max_pixels: the largest image accepted, checked
+    before anything is decoded; canvas: the model's canvas side, for a large JPEG file decoded at a reduced scale
+    (datasets.images.read_photo: its pixels then stand for the full size)."""
     if isinstance(image, (str, Path)):
-        return read_image(image, exif)
+        return read_photo(image, exif, max_pixels, canvas)
     if isinstance(image, Image.Image):
-        return pil_to_rgb(image, exif)
+        check_pixels("the image", image.size, max_pixels)
+        rgb, note = pil_to_rgb(image, exif)
+        return rgb, note, (rgb.shape[1], rgb.shape[0])
     array = np.asarray(image)
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4) or array.dtype != np.uint8:
         raise ValueError(f"expected a uint8 RGB array [H, W, 3], got {array.dtype} {list(array.shape)}")
-    return np.array(array[..., :3], order="C"), {}
+    check_pixels("the image", (array.shape[1], array.shape[0]), max_pixels)
+    return np.array(array[..., :3], order="C"), {}, (array.shape[1], array.shape[0])
 
 
 def load_rgb(image, exif="apply"):
-    """load_image's pixels alone."""
+    """load_image's pixels alone, at full size."""
     return load_image(image, exif)[0]
 
 
@@ -69,14 +75,17 @@ class SegVGPredictor:
 
     def __init__(self, model, tokenizer, args, device="cpu", fast=True, mask_threshold=MASK_THRESHOLD,
                  mask_refine="none", exif="apply", presence_threshold=0.5, boxes_from_mask=False,
-                 min_component_area=MIN_COMPONENT_AREA, presence_from=None, mask_presence_top=MASK_PRESENCE_TOP):
+                 min_component_area=MIN_COMPONENT_AREA, presence_from=None, mask_presence_top=MASK_PRESENCE_TOP,
+                 max_image_pixels=MAX_PIXELS, reduced_decode=True):
         """fast: predict with a BatchNorm-folded, channels-last copy of model (inference.fast_path); model itself
         is left untouched. mask_threshold: where "binary_mask" is cut out of the map. mask_refine: "grabcut" adds
         "refined_mask" to every result. exif: "apply" reads files and PIL images as viewers show them, "ignore" as
         their pixels are stored. presence_from: where "not found" comes from (evaluation.presence: "head", "mask"
         from the map with mask_presence_top, "both"; default the head where the model has one, else none);
         presence_threshold: where "found" is decided, or "auto" for the one the checkpoint stores. boxes_from_mask:
-        add "boxes", the mask's components of at least min_component_area of the image."""
+        add "boxes", the mask's components of at least min_component_area of the image. max_image_pixels: larger
+        images are refused before they are decoded. reduced_decode: a JPEG file far larger than the canvas is decoded
+        at a reduced scale (not with mask_refine, which works on the image's pixels)."""
         if exif not in EXIF_MODES:
             raise ValueError(f"unknown EXIF mode {exif!r}; choose from {', '.join(EXIF_MODES)}")
         # A PyTorch model with a presence head, or an ONNX export with its output.
@@ -87,6 +96,9 @@ class SegVGPredictor:
             presence_threshold = stored_threshold(getattr(model, "presence_thresholds", {}), self.presence_from,
                                                   "the checkpoint", mask_presence_top)
         self.mask_presence_top = mask_presence_top
+        self.max_image_pixels = max_image_pixels
+        # The canvas side a large JPEG may be decoded down toward (None: every image decoded whole).
+        self.decode_canvas = args.imsize if reduced_decode and mask_refine == "none" else None
         if fast:
             model = prepare_for_inference(copy.deepcopy(model))
         self.model = model.eval().to(device)
@@ -144,19 +156,25 @@ class SegVGPredictor:
                           f"(max_query_len {self.args.max_query_len}): {text!r}", stacklevel=3)
         return encode_text(self.tokenizer, text, self.args.max_query_len)
 
-    def prepare_image(self, image):
-        """-> (rgb, canvas sample, placement of the image on the canvas [x1, y1, x2, y2], orientation note)."""
-        rgb, note = load_image(image, self.exif)
+    def load(self, image):
+        """load_image with the predictor's EXIF mode, pixel limit and decode scale."""
+        return load_image(image, self.exif, self.max_image_pixels, self.decode_canvas)
+
+    def prepare_image(self, image, size=None):
+        """image (or load()'s (rgb, note, full size)) -> (rgb, canvas sample, placement of the image on the canvas
+        [x1, y1, x2, y2], orientation note, full (width, height): what boxes and masks are given in)."""
+        rgb, note, size = image if isinstance(image, tuple) else self.load(image)
         h, w = rgb.shape[:2]
         # Transforming the whole image's box tells where the image lands on the canvas (as eval_placement).
         sample = self.transform({"img": rgb, "box": np.float32([0, 0, w, h]), "text": ""})
         placement = box_convert(sample["target"][None] * self.args.imsize, "cxcywh", "xyxy")[0]
-        return rgb, sample, placement, note
+        return rgb, sample, placement, note, size
 
     @torch.inference_mode()
     def predict(self, images, phrases):
         """Lists of images and phrases (same length) -> one result per pair, as __call__'s. An image given more than
-        once (the same path or the same object) is read and run through the CNN once for all its phrases."""
+        once (the same path or the same object) is read and run through the CNN once for all its phrases. An image
+        may also be load()'s (rgb, note, full size), read beforehand."""
         if len(images) != len(phrases):
             raise ValueError(f"{len(images)} images but {len(phrases)} phrases")
         encoded = [self.encode(phrase) for phrase in phrases]  # every phrase checked before any image is read
@@ -181,8 +199,7 @@ class SegVGPredictor:
         mask_present = mask_presence(prob, self.mask_presence_top).tolist()
         results = []
         for k, slot in enumerate(image_index.tolist()):
-            rgb, _, placement, note = prepared[slot]
-            h, w = rgb.shape[:2]
+            rgb, _, placement, note, (w, h) = prepared[slot]
             box = canvas_to_image(boxes[k:k + 1], placement, (w, h))[0]
             image_mask = canvas_map_to_image(prob[k], placement, (w, h)).numpy()
             result = {"phrase": phrases[k], "box": [round(v, 2) for v in box.tolist()],

@@ -1,5 +1,6 @@
 """The browser demo's page (Gradio): an image and phrases in; boxes and masks drawn, a table, files to download.
 The work of a request is inference.app_request's; this module lays out the page and wires it."""
+import re
 import shutil
 import tempfile
 from itertools import count
@@ -46,10 +47,22 @@ class RequestFolders:
         return self.root / f"request_{number:06d}"
 
 
+MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+\-.!|~])")
+
+
+def literal(text):
+    """text as Markdown that shows it as typed: its Markdown punctuation escaped, its HTML turned into entities (a
+    phrase or a file name holding "<img ...>" or "[a](b)" is shown, not rendered)."""
+    escaped = MARKDOWN_PUNCTUATION.sub(r"\\\1", str(text))
+    return escaped.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def status_text(header, notes=(), error=None):
-    lines = [header] + [f"- {note}" for note in notes]
+    """The status Markdown: the page's header, then the request's notes or its error, which hold what the user typed
+    or uploaded (phrases, file names): shown literally."""
+    lines = [header] + [f"- {literal(note)}" for note in notes]
     if error:
-        lines.insert(0, f"**Error:** {error}")
+        lines.insert(0, f"**Error:** {literal(error)}")
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ from inference.app_request import MAX_SIDE, RequestError, ground
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+TYPED = '<img src=x onerror="document.title=1"> [link](javascript:alert(1)) **bold** _it_ the red circle'
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_long_phrase_is_cut_and_said(predictor, photo, tmp_path):
     (None, "the dog", "No image"),
     ("photo", "  \n ", "No phrase"),
     ("photo", "\n".join(["a"] * 9), "at most 8"),
-    ("corrupt", "the dog", "bad.png is not an image"),
+    ("corrupt", "the dog", "bad.png cannot be used: not an image: its first bytes are no image format"),
 ])
 def test_bad_requests_are_one_clear_message(predictor, photo, tmp_path, image, text, message):
     (tmp_path / "bad.png").write_bytes(b"not an image" * 20)
@@ -172,8 +173,17 @@ def test_page_in_headless_chromium(checkpoint, photo, tmp_path, capsys):
 
             ground_in_page(page, bad, "the dog", "Error")
             page.screenshot(path=tmp_path / "2_corrupt.png", full_page=True)
-            assert "bad.png is not an image this app can read" in page.inner_text("#status")
+            assert "bad.png cannot be used: a corrupt PNG" in page.inner_text("#status")
             assert "Traceback" not in page.content()
+
+            # What the user typed is shown as typed: HTML and Markdown in a phrase render as text, nowhere as markup.
+            ground_in_page(page, photo, TYPED, "ms for 1 phrase")
+            page.screenshot(path=tmp_path / "2_typed.png", full_page=True)
+            status = page.locator("#status")
+            assert [status.locator(tag).count() for tag in ("img", "a", "strong", "em")] == [0, 0, 0, 0]
+            assert TYPED.lower() in page.inner_text("#status")  # the note that cut it quotes it
+            assert table_rows(page)[0][0] == TYPED and page.locator("#table img, #table a").count() == 0
+            assert page.title() == "SegVG grounding demo"  # no script of the phrase ran
 
             ground_in_page(page, photo, "the blue square", "ms for 1 phrase")
             page.screenshot(path=tmp_path / "3_after_error.png", full_page=True)

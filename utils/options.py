@@ -296,6 +296,12 @@ def _add_checkpoint_flags(parser):
                           "fresh optimizer, schedule and epoch count; the model flags and the vocabulary come from "
                           "it unless given on the command line")
     run.add_argument("--resume", default="", help="checkpoint to continue from (also one written mid-epoch)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start over in an --output_dir that holds a checkpoint (its checkpoints are removed); "
+                          "without it, or --auto_resume, such a folder is refused")
+    run.add_argument("--allow_flag_changes", action="store_true",
+                     help="resume even when the model or dataset flags differ from those the checkpoint was trained "
+                          "with (other differences are listed and allowed)")
     run.add_argument("--auto_resume", action="store_true",
                      help="resume from <output_dir>/checkpoint_latest.pth when it exists, else start fresh")
     run.add_argument("--save_every", default=1000, type=int,
