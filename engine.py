@@ -197,9 +197,8 @@ def evaluate(model, data_loader, device, amp="off", desc="Eval", mask_scorer=Non
                             image_index=batch.get("image_index"))
         boxes = outputs["pred_boxes"].float()
         ious = prediction_ious(boxes, batch["target"])
-        prob = canvas_probabilities(outputs["seg_logits"], batch["img"].shape[-1])
-        confidence = segmentation_confidence(prob)
-        mask_present = mask_presence(prob, mask_presence_top).tolist()
+        confidence = segmentation_confidence(canvas_probabilities(outputs["seg_logits"], batch["img"].shape[-1]))
+        mask_present = mask_presence(outputs["seg_logits"], batch["img"].shape[-1], mask_presence_top).tolist()
         seg_logits = outputs["seg_logits"].float().cpu() if mask_scorer is not None else None
         present = outputs.get("presence_logits")
         present = present.float().sigmoid().tolist() if present is not None else [None] * len(ious)

@@ -247,7 +247,7 @@ def presence_answer(opts, model, tokenizer, args, device, split, dataset):
     if usable(stored, source, opts.mask_presence_top):
         chosen = stored_threshold(stored, source, opts.checkpoint, opts.mask_presence_top)
         where = stored[source].get("split", "validation")
-        print(f"presence threshold {chosen:.4f} for --presence_from {source}: the checkpoint's, chosen on {where}")
+        print(f"presence threshold {chosen:.7g} for --presence_from {source}: the checkpoint's, chosen on {where}")
         return {"source": source, "threshold": chosen, "chosen_on": f"{where} (stored in the checkpoint)"}
     if split == "val":
         return {"source": source, "threshold": "auto", "chosen_on": None}
@@ -267,7 +267,7 @@ def choose_on(results, dataset, source, name):
     except ValueError:
         raise ValueError(f"--presence_threshold auto: {name} has no phrase without a target to choose a threshold "
                          f"on; give a number") from None
-    print(f"presence threshold {threshold:.4f} for --presence_from {source}, chosen now on {name} (N-acc {n_acc:.3f}, "
+    print(f"presence threshold {threshold:.7g} for --presence_from {source}, chosen now on {name} (N-acc {n_acc:.3f}, "
           f"T-acc {t_acc:.3f} there)")
     return {"threshold": threshold, "chosen_on": name}
 

@@ -185,9 +185,9 @@ def predict_to_screen(opts, predictor, pairs):
             box = ", ".join(f"{v:.1f}" for v in record["box"])
             answer = f"box [{box}] score {record['score']:.3f}"
             if record.get("found") is False:
-                answer = f"not found (presence {record['present']:.3f})"
+                answer = f"not found (presence {record['present']:.6g})"
             elif "present" in record:
-                answer += f" presence {record['present']:.3f}"
+                answer += f" presence {record['present']:.6g}"
             if "boxes" in record and record.get("found", True):
                 answer += f", {len(record['boxes'])} box(es) from the mask"
             print(f"{record['image']}: \"{record['phrase']}\" -> {answer}"

@@ -19,7 +19,7 @@ from datasets.mixed import dataset_names
 from engine import (BEST, LATEST, NonFiniteLossError, TrainingRun, TrainState, evaluate, format_stats, fresh_progress,
                     selection_score, summarize_results, train_one_epoch)
 from evaluation.generalized_results import generalized_scorer
-from evaluation.presence import MASK_PRESENCE_TOP
+from evaluation.presence import mask_statistic
 from models import build_criterion, build_model
 from models.checkpoint import (RUN_KEYS, CheckpointError, apply_pretrained_config, json_config, load_detr_weights,
                                load_weights, tokenizer_from_checkpoint)
@@ -331,7 +331,7 @@ def train(args, stop, explicit=()):
         if "presence_by_source" in val_stats:  # kept in the checkpoint for --presence_threshold auto
             model_without_ddp.presence_thresholds = {
                 source: dict(chosen, split=f"{args.dataset}:val",
-                             **({"mask_presence_top": MASK_PRESENCE_TOP} if source != "head" else {}))
+                             **({"mask_statistic": mask_statistic()} if source != "head" else {}))
                 for source, chosen in val_stats["presence_by_source"].items()}
         if status == "budget" or epoch + 1 == args.epochs:
             ended = end_of_training(args, status, progress)

@@ -200,5 +200,5 @@ def format_generalized(stats):
                                        f"{p.get('giou', float('nan')):.3f}" for p in stats["presence_sweep"]))
     for source, chosen in stats.get("presence_by_source", {}).items():
         lines.append(f"  presence from {source}: AUROC {chosen['auroc']:.4f}; best threshold here "
-                     f"{chosen['threshold']:.4f} (N-acc {chosen['n_acc']:.3f}, T-acc {chosen['t_acc']:.3f})")
+                     f"{chosen['threshold']:.7g} (N-acc {chosen['n_acc']:.3f}, T-acc {chosen['t_acc']:.3f})")
     return lines

@@ -6,21 +6,26 @@ import argparse
 import math
 
 import numpy as np
+import torch.nn.functional as F
 
 from .mask_boxes import MIN_COMPONENT_AREA
 
 SOURCES = ("head", "mask", "both")
-# The mask's score: the mean of its highest canvas probabilities over this share of the canvas (docs/generalized.md,
-# "Presence from the mask", gives the candidates' AUROC this was chosen by).
+# The mask's score: the sigmoid of the mean logit over the map's highest share of the canvas (docs/generalized.md,
+# "Presence from the mask", gives the candidates' AUROC this was chosen by). Stored beside a threshold chosen for it.
 MASK_PRESENCE_TOP = 0.01
+MASK_STATISTIC = "sigmoid of the mean of the top share of canvas logits"
 
 
-def mask_presence(prob, top=MASK_PRESENCE_TOP):
-    """prob: [B, S, S] canvas probabilities -> [B], the mean of the highest max(1, top x S x S) of each map: high
-    where the map holds an object of that size or more, low where it is empty everywhere."""
-    flat = prob.flatten(1).float()
+def mask_presence(seg_logits, size, top=MASK_PRESENCE_TOP):
+    """[B, g, g] logits of the segmentation map -> [B] float64 scores: the map upsampled to the size x size canvas
+    (bilinearly, as evaluation.segmentation_map does), the mean of its highest max(1, top x size^2) logits, through a
+    sigmoid in float64: high where the map holds an object of that size or more, low where it is empty everywhere.
+    Logits, not probabilities: a confident map's probabilities round to 1 in float32 and no longer rank."""
+    logits = F.interpolate(seg_logits.float()[:, None], size=(size, size), mode="bilinear", align_corners=False)
+    flat = logits.flatten(1)
     k = max(1, min(flat.shape[1], round(top * flat.shape[1])))
-    return flat.topk(k, dim=1).values.mean(1)
+    return flat.topk(k, dim=1).values.double().mean(1).sigmoid()
 
 
 def presence_scores(head, mask):
@@ -92,10 +97,15 @@ def presence_source(requested, has_head):
     return requested or ("head" if has_head else None)
 
 
+def mask_statistic(top=MASK_PRESENCE_TOP):
+    """How a threshold's mask score was computed, stored beside it: another statistic needs another threshold."""
+    return f"{MASK_STATISTIC}, top {top}"
+
+
 def usable(thresholds, source, top):
-    """Whether the stored thresholds hold one for source, and for a mask score one of the same top share."""
+    """Whether the stored thresholds hold one for source, for a mask score one of the same statistic and share."""
     chosen = (thresholds or {}).get(source)
-    return chosen is not None and (source == "head" or chosen.get("mask_presence_top") == top)
+    return chosen is not None and (source == "head" or chosen.get("mask_statistic") == mask_statistic(top))
 
 
 def stored_threshold(thresholds, source, where, top=MASK_PRESENCE_TOP):

@@ -115,7 +115,7 @@ def ground(predictor, image_path, text, mask_threshold, show_masks, out_dir, mas
         records.append(record)
         if not result.get("found", True):
             notes.append(f"{k}. \"{result['phrase']}\": not found (presence from the {result['presence_from']} "
-                         f"{result['present']:.2f}, below {predictor.presence_threshold:.2f}); nothing drawn.")
+                         f"{result['present']:.6g}, below {predictor.presence_threshold:.6g}); nothing drawn.")
             continue
         boxes = [(box[:4], box[4]) for box in result.get("boxes") or []] or [(record["box"], record["score"])]
         for j, (box, score) in enumerate(boxes):

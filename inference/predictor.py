@@ -196,7 +196,7 @@ class SegVGPredictor:
         confidence = segmentation_confidence(prob)
         head = out.get("presence_logits")
         head = head.float().sigmoid().cpu().tolist() if head is not None else [None] * len(phrases)
-        mask_present = mask_presence(prob, self.mask_presence_top).tolist()
+        mask_present = mask_presence(out["seg_logits"].cpu(), size, self.mask_presence_top).tolist()
         results = []
         for k, slot in enumerate(image_index.tolist()):
             rgb, _, placement, note, (w, h) = prepared[slot]
@@ -207,7 +207,7 @@ class SegVGPredictor:
                       "binary_mask": image_mask > self.mask_threshold, "image_size": [w, h], **note}
             if self.presence_from is not None:
                 present = presence_scores(head[k], mask_present[k])[self.presence_from]
-                result.update(present=round(present, 4), found=present >= self.presence_threshold,
+                result.update(present=round(present, 6), found=present >= self.presence_threshold,
                               presence_from=self.presence_from)
             if self.component_area is not None:
                 result["boxes"] = boxes_from_mask(image_mask, self.mask_threshold, self.component_area)

@@ -21,15 +21,19 @@ from models.checkpoint import safe_load
 PHRASES = ["the red circle", "the blue square"]
 
 
-def test_mask_presence_is_the_mean_of_the_top_share():
-    prob = torch.zeros(3, 10, 10)
-    prob[1, :2, :2] = 0.9                      # an object of 4 pixels
-    prob[2] = torch.linspace(0, 0.99, 100).view(10, 10)
-    scores = mask_presence(prob, top=0.04)     # the 4 highest of 100
-    assert scores[0] == 0 and scores[1] == pytest.approx(0.9)
-    assert scores[2] == pytest.approx(float(torch.linspace(0, 0.99, 100)[-4:].mean()))
-    assert mask_presence(prob, top=0.001)[1] == pytest.approx(0.9)  # at least one pixel: the maximum
-    assert mask_presence(prob, top=1.0)[1] == pytest.approx(4 * 0.9 / 100)
+def test_mask_presence_is_the_mean_of_the_top_share_of_logits():
+    logits = torch.full((3, 10, 10), -20.0)
+    logits[1, :2, :2] = 30.0                     # an object of 4 pixels, so sure of itself that float32 gives 1.0
+    logits[2] = torch.linspace(-10, 9.9, 100).view(10, 10)
+    scores = mask_presence(logits, 10, top=0.04)  # the canvas is the map's size: the 4 highest of 100
+    assert scores.dtype == torch.float64 and scores[0] == pytest.approx(torch.tensor(-20.0).sigmoid().item())
+    assert scores[1] == torch.tensor(30.0, dtype=torch.float64).sigmoid() < 1.0
+    assert scores[2] == pytest.approx(torch.linspace(-10, 9.9, 100)[-4:].double().mean().sigmoid().item())
+    assert mask_presence(logits, 10, top=0.001)[1] == scores[1]  # at least one pixel: the maximum
+    mean = (4 * 30.0 + 96 * -20.0) / 100
+    assert mask_presence(logits, 10, top=1.0)[1] == pytest.approx(torch.tensor(mean).double().sigmoid().item())
+    # On a larger canvas the map is upsampled bilinearly first: an empty map stays empty.
+    assert mask_presence(logits, 40, top=0.01)[0] == pytest.approx(scores[0].item())
 
 
 def test_the_chosen_threshold_maximises_n_acc_plus_t_acc():

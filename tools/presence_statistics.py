@@ -20,16 +20,22 @@ from evaluation.presence import choose_threshold, mask_presence
 from evaluation.segmentation_map import canvas_probabilities, segmentation_confidence
 from models.pretrained import load_from_checkpoint
 
-TOPS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+TOPS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 
-def candidates(prob):
-    """{name: [B] scores} of [B, S, S] canvas probabilities."""
-    out = {"max": prob.flatten(1).max(1).values}
-    out.update({f"mean of top {top:.2%}": mask_presence(prob, top) for top in TOPS})
-    out["mean above 0.35 (the paper's confidence)"] = segmentation_confidence(prob)
-    out["share above 0.5"] = (prob > 0.5).flatten(1).float().mean(1)
-    out["mean of the map"] = prob.flatten(1).mean(1)
+def candidates(seg_logits, size):
+    """{name: [B] scores} of [B, g, g] segmentation logits: statistics of the canvas probabilities, and of the canvas
+    logits (evaluation.presence.mask_presence, the one chosen)."""
+    prob = canvas_probabilities(seg_logits, size)
+    flat = prob.flatten(1)
+    out = {"probabilities: max": flat.max(1).values}
+    for top in TOPS:
+        k = max(1, round(top * flat.shape[1]))
+        out[f"probabilities: mean of the top {top:.2%}"] = flat.topk(k, 1).values.mean(1)
+    out["probabilities: mean above 0.35 (the paper's confidence)"] = segmentation_confidence(prob)
+    out["probabilities: share above 0.5"] = (flat > 0.5).float().mean(1)
+    out["probabilities: mean of the map"] = flat.mean(1)
+    out.update({f"logits: mean of the top {top:.2%}": mask_presence(seg_logits, size, top) for top in TOPS})
     return out
 
 
@@ -58,8 +64,7 @@ def main(argv=None):
     for batch in tqdm(build_eval_loader(dataset, opts.batch_size, 0), desc="maps"):
         out = model(batch["img"], batch["img_mask"], batch["text_ids"], batch["text_mask"], aux=False,
                     image_index=batch["image_index"])
-        prob = canvas_probabilities(out["seg_logits"], args.imsize)
-        for name, values in candidates(prob).items():
+        for name, values in candidates(out["seg_logits"], args.imsize).items():
             scores.setdefault(name, []).extend(values.tolist())
         labels += [dataset.n_targets(i) > 0 for i in batch["index"].tolist()]
     print(f"{opts.checkpoint} on {args.dataset}:{opts.eval_set}: {sum(labels)} phrases with a target, "
@@ -69,7 +74,7 @@ def main(argv=None):
     for name, values in scores.items():
         threshold, n_acc, t_acc = choose_threshold(values, labels)
         report[name] = {"auroc": auroc(values, labels), "threshold": threshold, "n_acc": n_acc, "t_acc": t_acc}
-        print(f"| {name} | {report[name]['auroc']:.4f} | {threshold:.4f} | {n_acc:.3f} | {t_acc:.3f} |")
+        print(f"| {name} | {report[name]['auroc']:.4f} | {threshold:.7g} | {n_acc:.3f} | {t_acc:.3f} |")
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump(report, f, indent=1)
