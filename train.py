@@ -22,7 +22,7 @@ from evaluation.generalized_results import generalized_scorer
 from evaluation.presence import mask_statistic
 from models import build_criterion, build_model
 from models.checkpoint import (RUN_KEYS, CheckpointError, apply_pretrained_config, json_config, load_detr_weights,
-                               load_weights, tokenizer_from_checkpoint)
+                               load_weights, safe_load, tokenizer_from_checkpoint)
 from models.pretrained import read_checkpoint
 from utils.distributed import (all_gather_object, collective_timeout, destroy_process_group, get_rank, get_world_size,
                                init_distributed_mode, is_main_process)
@@ -153,8 +153,8 @@ def lock_output_dir(args):
 def checkpoint_step(path):
     """The step a checkpoint was written at, read without loading its tensors."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("step", "?")
-    except Exception:  # noqa: BLE001 (a damaged file is still one the run would replace)
+        return safe_load(path, mmap=True).get("step", "?")
+    except CheckpointError:  # a damaged file is still one the run would replace
         return "?"
 
 
@@ -178,7 +178,7 @@ def claim_output_dir(args):
 def check_resumed_flags(args):
     """Resuming with other flags than the checkpoint's run: name them; refuse another model or dataset unless
     --allow_flag_changes (a longer schedule, another learning rate and the like go on)."""
-    saved = torch.load(args.resume, map_location="cpu", weights_only=True, mmap=True).get("args") or {}
+    saved = safe_load(args.resume, mmap=True).get("args") or {}
     saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
     now = json_config(args)
     ignored = RUN_KEYS | {"overwrite", "allow_flag_changes", "data_root", "split_root", "eval_every", "eval_subset",

@@ -93,14 +93,15 @@ class CheckpointError(RuntimeError):
     one line naming the file and what is wrong."""
 
 
-def safe_load(path):
-    """``torch.load`` with ``weights_only=True``; the original's pickled ``argparse.Namespace`` is allowed."""
+def safe_load(path, mmap=False):
+    """``torch.load`` with ``weights_only=True``; the original's pickled ``argparse.Namespace`` is allowed. mmap: the
+    tensors mapped from the file, not read (for what a checkpoint says besides its weights)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         text = str(err)
         if "Weights only load failed" not in text:

@@ -76,11 +76,15 @@ def test_each_script_names_the_file_and_the_problem(files, name, tmp_path):
     args = eval_script.get_args_parser().parse_args(["--eval_model", str(path), "--output_dir", str(tmp_path)])
     with pytest.raises(CheckpointError, match=CASES[name]):
         eval_script.main(args)
+    extra = ()
     if name == "other_config.pth":  # a training checkpoint of another configuration, resumed with this one
         train.main(train_args(files, tmp_path / "wide", "--vl_hidden_dim", "64"))
         path = tmp_path / "wide" / "checkpoint_latest.pth"
+        with pytest.raises(ValueError, match=r"trained with other model or dataset flags \(--vl_hidden_dim 64 -> 32\)"):
+            train.main(train_args(files, tmp_path / "run", "--resume", str(path)))
+        extra = ("--allow_flag_changes",)  # told to go on: the weights then say they do not fit
     with pytest.raises(CheckpointError, match=CASES[name].replace(name.replace(".", r"\."), "")):
-        train.main(train_args(files, tmp_path / "run", "--resume", str(path)))
+        train.main(train_args(files, tmp_path / "run", "--resume", str(path), *extra))
 
 
 @pytest.mark.parametrize("script", ["train.py", "eval.py", "predict.py"])

@@ -74,7 +74,9 @@ def test_each_sample_counted_once(tmp_path, world_size, single_process_results):
     assert sorted(results) == list(range(len(IMAGE_OF_SAMPLE)))
     for index, (iou, box, confidence, masks, answer) in single_process_results.items():
         assert masks is None and results[index][3] is None
-        assert answer == results[index][4] == {"present": None, "boxes": None}  # no presence head, no components
+        # No presence head, no components; the mask's presence score is computed for every phrase.
+        assert answer["present"] is results[index][4]["present"] is None and answer["boxes"] is None
+        assert results[index][4]["mask_present"] == pytest.approx(answer["mask_present"], abs=1e-6)
         assert results[index][0] == pytest.approx(iou, abs=1e-6)
         assert results[index][1] == pytest.approx(box, abs=1e-6)
         assert results[index][2] == pytest.approx(confidence, abs=1e-6)
