@@ -17,6 +17,7 @@ from evaluation.presence import add_answer_flags
 from models.checkpoint import CheckpointError
 from utils.files import FileWriteError
 from utils.options import add_backend_flags, add_exif_flag, add_tokenizer_flags
+from utils.runtime import keep_freed_memory
 
 DEMO_CHECKPOINT = "outputs/demo/best_checkpoint.pth"
 # A page anyone may upload to refuses far smaller images than Pillow's limit (phones take at most 200 MP): 64 MP.
@@ -93,6 +94,8 @@ def main(argv=None):
     if opts.max_queue < 1:
         raise ValueError(f"--max_queue must be at least 1, got {opts.max_queue}")
     predictor = build_predictor(opts)
+    if predictor.device.type == "cpu" and (allocator := keep_freed_memory()):
+        print(allocator, flush=True)
     checkpoint = opts.checkpoint or DEMO_CHECKPOINT
     # The page names files only: the server's folders are not shown to whoever opens it.
     name = Path(checkpoint).name

@@ -31,6 +31,7 @@ from models.checkpoint import CheckpointError
 from utils.distributed import destroy_process_group, init_distributed_mode, is_main_process
 from utils.files import FileWriteError
 from utils.options import add_backend_flags, add_exif_flag, add_process_group_flags, add_tokenizer_flags
+from utils.runtime import keep_freed_memory
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -248,6 +249,8 @@ def main(argv=None):
     warnings.simplefilter("always")
     warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"
     predictor = build_predictor(opts)
+    if predictor.device.type == "cpu" and (allocator := keep_freed_memory()):
+        print(allocator, file=sys.stderr)
     if opts.output_dir:
         return predict_to_folder(opts, predictor, pairs)
     return predict_to_screen(opts, predictor, pairs)

@@ -2,7 +2,7 @@
 resumed with --auto_resume or started over with --overwrite, and resuming with other model flags names them; an
 oversized image is refused from its header before any decoding (memory measured); each unreadable file says its cause;
 a large JPEG decoded at a reduced scale gives the full decode's boxes; a read-only array is resized without a
-warning."""
+warning; prediction's allocator setting keeps a freed full-size mask's memory for the next one."""
 import json
 import os
 import struct
@@ -158,3 +158,32 @@ def test_a_read_only_array_is_resized_without_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert resize(image, 32, 24).shape == (24, 32, 3)
+
+
+FAULTS = r"""
+import json, resource, sys
+import numpy as np
+from utils.runtime import keep_freed_memory
+line = keep_freed_memory()
+faults = []
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    mask = np.ones((3000, 4000), np.float32)  # a 12 MP photo's mask, 48 MB
+    del mask
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"line": line, "faults": faults}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_the_allocator_setting_reuses_a_freed_mask(tmp_path):
+    def faults(**env):
+        env = {"PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", ""), **env}
+        proc = subprocess.run([sys.executable, "-c", FAULTS], env=env, capture_output=True, text=True, check=True)
+        return json.loads(proc.stdout)
+
+    kept, system = faults(), faults(SEGVG_ALLOCATOR="system")
+    assert "keeping freed memory" in kept["line"] and system["line"] is None
+    # the first mask faults its pages in either way; afterwards only glibc's defaults fault them in again
+    assert kept["faults"][0] > 100 and max(kept["faults"][1:]) < kept["faults"][0] / 10
+    assert min(system["faults"][1:]) > system["faults"][0] / 2

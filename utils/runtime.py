@@ -1,6 +1,8 @@
-"""Process-wide settings of a run: the device, torch.compile, TF32, OpenCV's thread pool."""
+"""Process-wide settings of a run: the device, torch.compile, TF32, OpenCV's thread pool, the C allocator."""
+import ctypes
 import importlib.util
 import os
+import platform
 import shutil
 import warnings
 
@@ -48,3 +50,19 @@ def limit_opencv_threads():
     """OpenCV's own thread pool fights torch's OpenMP threads for the cores: on 2 CPU cores it made data loading
     ~20x slower. Samples are small, so OpenCV runs single-threaded; DataLoader workers give the parallelism."""
     cv2.setNumThreads(1)
+
+
+def keep_freed_memory():
+    """Make glibc's malloc keep large freed blocks for the next request instead of handing them back to the kernel
+    (what tools/launch.sh sets through GLIBC_TUNABLES for training): a photo's full-size mask is otherwise faulted in
+    page by page on every prediction. -> a line that says so, or None where nothing was changed: not glibc,
+    SEGVG_ALLOCATOR=system, or GLIBC_TUNABLES already set by the user."""
+    if os.environ.get("SEGVG_ALLOCATOR", "auto") == "system" or os.environ.get("GLIBC_TUNABLES"):
+        return None
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    libc = ctypes.CDLL(None)  # the C library the process already runs on
+    m_trim_threshold, m_mmap_max = -1, -4  # malloc.h
+    if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**31 - 1)):
+        return None
+    return "CPU allocator: glibc keeping freed memory (SEGVG_ALLOCATOR=system keeps its defaults)"
