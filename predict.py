@@ -23,7 +23,7 @@ from datasets.images import add_image_flags
 from datasets.samplers import ImageBatchSampler
 from evaluation.mask_refine import add_mask_refine_flag
 from evaluation.predictions import read_pairs
-from evaluation.presence import add_answer_flags
+from evaluation.presence import add_answer_flags, score_and_threshold
 from evaluation.segmentation_map import MASK_THRESHOLD
 from inference import SegVGPredictor
 from inference.prediction_run import PredictionRun, predict_batches, save_prediction
@@ -39,9 +39,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 def get_args_parser():
     parser = argparse.ArgumentParser(prog="predict.py", description="Ground phrases in images with a SegVG checkpoint.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", help="our checkpoint or an official SegVG one: a .pth file, a folder in the Hub's "
-                                             "layout or a Hub id ORG/NAME[@revision] (with --backend onnxruntime: "
-                                             "optional, the configuration and tokenizer to use)")
+    parser.add_argument("--checkpoint",
+                        help="our checkpoint or an official SegVG one: a .pth file, a folder in the Hub's layout or a "
+                             "Hub id ORG/NAME[@revision] (with --backend onnxruntime: optional, the configuration and "
+                             "tokenizer to use)")
     inputs = parser.add_argument_group("inputs (one of --image, --images or --pairs)")
     inputs.add_argument("--image", help="image file (with one or more --phrase)")
     inputs.add_argument("--images", help="a folder or a glob pattern of images: each is grounded with every --phrase")
@@ -186,7 +187,8 @@ def predict_to_screen(opts, predictor, pairs):
             box = ", ".join(f"{v:.1f}" for v in record["box"])
             answer = f"box [{box}] score {record['score']:.3f}"
             if record.get("found") is False:
-                answer = f"not found (presence {record['present']:.6g})"
+                answer = "not found (presence {}, below {})".format(
+                    *score_and_threshold(record["present"], predictor.presence_threshold))
             elif "present" in record:
                 answer += f" presence {record['present']:.6g}"
             if "boxes" in record and record.get("found", True):

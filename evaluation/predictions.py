@@ -73,7 +73,7 @@ def evaluation_records(results, dataset, args, presence_threshold=0.5, presence_
         generalized = results[index][4] if len(results[index]) > 4 else {}
         if presence_from is not None:
             present = presence_scores(generalized["present"], generalized["mask_present"])[presence_from]
-            extra.update(present=round(present, 6), found=present >= presence_threshold, presence_from=presence_from)
+            extra.update(present=float(present), found=present >= presence_threshold, presence_from=presence_from)
         if generalized.get("boxes") is not None:
             extra["boxes"] = generalized["boxes"]
         if "boxes" in info:

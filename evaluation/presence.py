@@ -36,6 +36,16 @@ def presence_scores(head, mask):
     return scores
 
 
+def score_and_threshold(score, threshold):
+    """Both as text, with the digits it takes to tell them apart: a mask's scores crowd just below 1
+    (0.9999975 against 0.9999976), where six significant digits would print the same number twice."""
+    for digits in range(3, 13):
+        texts = f"{score:.{digits}g}", f"{threshold:.{digits}g}"
+        if texts[0] != texts[1]:
+            return texts
+    return texts
+
+
 def choose_threshold(scores, labels):
     """The threshold maximising N-acc + T-acc when a phrase is found where its score is at least the threshold:
     (threshold, N-acc, T-acc). labels: True where the phrase has a target. The threshold lies halfway between two
@@ -80,8 +90,8 @@ def add_answer_flags(parser):
                              "split during training (stored in the checkpoint), else eval.py chooses it on the "
                              "dataset's val split")
     parser.add_argument("--mask_presence_top", type=float, default=MASK_PRESENCE_TOP,
-                        help="--presence_from mask/both: the mask's score is the mean of its highest probabilities "
-                             "over this share of the canvas")
+                        help="--presence_from mask/both: the mask's score is the sigmoid of the mean of its highest "
+                             "logits over this share of the canvas")
     parser.add_argument("--boxes_from_mask", action="store_true",
                         help="also answer with one box per connected component of the thresholded mask, for phrases "
                              "naming several objects (touching objects merge into one box)")

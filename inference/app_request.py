@@ -16,6 +16,7 @@ from evaluation.mask_metrics import save_png
 from evaluation.mask_refine import refine_mask
 from evaluation.overlays import draw_groundings
 from evaluation.predictions import prediction_record
+from evaluation.presence import score_and_threshold
 
 MAX_SIDE = 4096  # larger uploads are downscaled first: the model sees at most imsize pixels a side anyway
 MAX_PHRASES = 8
@@ -114,8 +115,9 @@ def ground(predictor, image_path, text, mask_threshold, show_masks, out_dir, mas
                                    image_size=result["image_size"], mask=mask_file.name, **answer, **orientation)
         records.append(record)
         if not result.get("found", True):
+            score, threshold = score_and_threshold(result["present"], predictor.presence_threshold)
             notes.append(f"{k}. \"{result['phrase']}\": not found (presence from the {result['presence_from']} "
-                         f"{result['present']:.6g}, below {predictor.presence_threshold:.6g}); nothing drawn.")
+                         f"{score}, below {threshold}); nothing drawn.")
             continue
         boxes = [(box[:4], box[4]) for box in result.get("boxes") or []] or [(record["box"], record["score"])]
         for j, (box, score) in enumerate(boxes):

@@ -207,7 +207,7 @@ class SegVGPredictor:
                       "binary_mask": image_mask > self.mask_threshold, "image_size": [w, h], **note}
             if self.presence_from is not None:
                 present = presence_scores(head[k], mask_present[k])[self.presence_from]
-                result.update(present=round(present, 6), found=present >= self.presence_threshold,
+                result.update(present=float(present), found=present >= self.presence_threshold,
                               presence_from=self.presence_from)
             if self.component_area is not None:
                 result["boxes"] = boxes_from_mask(image_mask, self.mask_threshold, self.component_area)

@@ -71,14 +71,14 @@ def build_card(name, config, results, license="apache-2.0", repo_id=None, offici
         "No eval.py figures were found beside the checkpoint when these weights were exported."
     heads = ", ".join(part for part in (f"{config.get('mask_head', 'grid')} mask head",
                                         "presence head" if config.get("presence_head") else "") if part)
+    origin = "These are the authors' weights, converted" if official else "These weights were trained"
     body = f"""
 # {name}
 
 SegVG (Kang et al., ECCV 2024) grounds a referring expression in an image: it returns the box of the object the phrase
-refers to and a segmentation map of it learned from boxes alone. {"These are the authors' weights, converted" if official
-else "These weights were trained"} on {trained} ({config.get("backbone", "resnet101")}, {config.get("imsize", 640)} px,
-{heads}), with the SegVG implementation whose code reads them (`models/pretrained.py`: `model.safetensors`,
-`config.json`, `vocab.txt`).
+refers to and a segmentation map of it learned from boxes alone. {origin} on {trained}
+({config.get("backbone", "resnet101")}, {config.get("imsize", 640)} px, {heads}), with the SegVG implementation whose
+code reads them (`models/pretrained.py`: `model.safetensors`, `config.json`, `vocab.txt`).
 
 ## Results
 

@@ -1,5 +1,6 @@
 """A stand-in for the Hugging Face Hub on 127.0.0.1, enough for huggingface_hub's snapshot_download (repository and
-revision info, the file tree, HEAD and GET of a file at a commit), so that loading a Hub id is tested with no network."""
+revision info, the file tree, HEAD and GET of a file at a commit), so that loading a Hub id is tested with no
+network."""
 import hashlib
 import json
 import threading

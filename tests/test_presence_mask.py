@@ -12,7 +12,7 @@ from helpers import model_inputs, noise_image, synthetic_batch, tiny_args, witho
 import eval as eval_script
 import train
 from datasets import demo
-from evaluation.presence import choose_threshold, mask_presence, parse_threshold, presence_source
+from evaluation.presence import choose_threshold, mask_presence, parse_threshold, presence_source, score_and_threshold
 from inference import SegVGPredictor
 from inference.app_request import ground
 from models import build_criterion, build_model
@@ -183,3 +183,8 @@ def test_training_stores_the_thresholds_and_auto_reuses_them(trained, tmp_path, 
     assert report["presence_threshold_chosen_on"] == "demo_gref:val"
     # The same model and split as the run's last validation (up to the fast path's float rounding).
     assert stats["presence_threshold"] == pytest.approx(stored["mask"]["threshold"], abs=1e-4)
+
+
+def test_a_score_beside_its_threshold_prints_with_the_digits_that_tell_them_apart():
+    assert score_and_threshold(0.99999750001, 0.9999976) == ("0.9999975", "0.9999976")
+    assert score_and_threshold(0.42, 0.5) == ("0.42", "0.5")
