@@ -26,8 +26,8 @@ from evaluation.mask_metrics import MaskScorer
 from evaluation.mask_refine import add_mask_refine_flag
 from evaluation.overlays import write_dataset_overlays
 from evaluation.predictions import evaluation_records, worst_and_best
-from evaluation.presence import (add_answer_flags, choose_threshold, presence_scores, presence_source,
-                                 stored_threshold, usable)
+from evaluation.presence import (add_answer_flags, choose_threshold, has_presence_head, presence_scores,
+                                 presence_source, usable)
 from evaluation.segmentation_map import MASK_THRESHOLD
 from inference.fast_path import prepare_for_inference
 from inference.onnx_runtime import OnnxRuntimeModel
@@ -237,15 +237,12 @@ def presence_answer(opts, model, tokenizer, args, device, split, dataset):
     """{"source", "threshold", "chosen_on"} of the "not found" answer: the source asked for (or the head where the
     model has one), the threshold given, or with auto the one the checkpoint stores for that source, else one chosen
     on the dataset's val split now ("auto" left when that split is the one being evaluated: chosen on its results)."""
-    # A PyTorch model with a presence head, or an ONNX export with its output.
-    has_head = (getattr(model, "presence_head", None) is not None
-                or "presence_logits" in getattr(model, "output_names", ()))
-    source = presence_source(opts.presence_from, has_head)
+    source = presence_source(opts.presence_from, has_presence_head(model))
     if source is None or opts.presence_threshold != "auto":
         return {"source": source, "threshold": opts.presence_threshold if source else 0.5, "chosen_on": None}
     stored = getattr(model, "presence_thresholds", {})
     if usable(stored, source, opts.mask_presence_top):
-        chosen = stored_threshold(stored, source, opts.checkpoint, opts.mask_presence_top)
+        chosen = float(stored[source]["threshold"])
         where = stored[source].get("split", "validation")
         print(f"presence threshold {chosen:.7g} for --presence_from {source}: the checkpoint's, chosen on {where}")
         return {"source": source, "threshold": chosen, "chosen_on": f"{where} (stored in the checkpoint)"}

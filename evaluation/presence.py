@@ -29,10 +29,11 @@ def mask_presence(seg_logits, size, top=MASK_PRESENCE_TOP):
 
 
 def presence_scores(head, mask):
-    """{source: score} of one phrase from the head's probability (None without a head) and the mask's score."""
+    """{source: score} of one phrase from the head's probability (None without a head) and the mask's score (None
+    where it was not computed)."""
     scores = {"mask": mask}
     if head is not None:
-        scores.update(head=head, both=head * mask)
+        scores.update(head=head, both=None if mask is None else head * mask)
     return scores
 
 
@@ -97,6 +98,12 @@ def add_answer_flags(parser):
                              "naming several objects (touching objects merge into one box)")
     parser.add_argument("--min_component_area", type=float, default=MIN_COMPONENT_AREA,
                         help="--boxes_from_mask: smallest component kept, as a fraction of the image's area")
+
+
+def has_presence_head(model):
+    """Whether a PyTorch model has a presence head, or an ONNX export (inference.onnx_runtime) its output."""
+    return (getattr(model, "presence_head", None) is not None
+            or "presence_logits" in getattr(model, "output_names", ()))
 
 
 def presence_source(requested, has_head):

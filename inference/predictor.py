@@ -28,7 +28,8 @@ from datasets.tokenizer import encode_text
 from datasets.transforms import canvas_map_to_image, canvas_to_image, make_transforms
 from evaluation.mask_boxes import MIN_COMPONENT_AREA, boxes_from_mask
 from evaluation.mask_refine import refine_mask
-from evaluation.presence import MASK_PRESENCE_TOP, mask_presence, presence_scores, presence_source, stored_threshold
+from evaluation.presence import (MASK_PRESENCE_TOP, has_presence_head, mask_presence, presence_scores, presence_source,
+                                 stored_threshold)
 from evaluation.segmentation_map import MASK_THRESHOLD, canvas_probabilities, segmentation_confidence
 from models.checkpoint import resolve_config, tokenizer_from_checkpoint, tokenizer_overrides
 from models.pretrained import load_from_checkpoint, read_checkpoint
@@ -88,10 +89,7 @@ class SegVGPredictor:
         at a reduced scale (not with mask_refine, which works on the image's pixels)."""
         if exif not in EXIF_MODES:
             raise ValueError(f"unknown EXIF mode {exif!r}; choose from {', '.join(EXIF_MODES)}")
-        # A PyTorch model with a presence head, or an ONNX export with its output.
-        has_head = (getattr(model, "presence_head", None) is not None
-                    or "presence_logits" in getattr(model, "output_names", ()))
-        self.presence_from = presence_source(presence_from, has_head)
+        self.presence_from = presence_source(presence_from, has_presence_head(model))
         if presence_threshold == "auto" and self.presence_from is not None:
             presence_threshold = stored_threshold(getattr(model, "presence_thresholds", {}), self.presence_from,
                                                   "the checkpoint", mask_presence_top)
@@ -160,7 +158,7 @@ class SegVGPredictor:
         """load_image with the predictor's EXIF mode, pixel limit and decode scale."""
         return load_image(image, self.exif, self.max_image_pixels, self.decode_canvas)
 
-    def prepare_image(self, image, size=None):
+    def prepare_image(self, image):
         """image (or load()'s (rgb, note, full size)) -> (rgb, canvas sample, placement of the image on the canvas
         [x1, y1, x2, y2], orientation note, full (width, height): what boxes and masks are given in)."""
         rgb, note, size = image if isinstance(image, tuple) else self.load(image)
@@ -196,7 +194,8 @@ class SegVGPredictor:
         confidence = segmentation_confidence(prob)
         head = out.get("presence_logits")
         head = head.float().sigmoid().cpu().tolist() if head is not None else [None] * len(phrases)
-        mask_present = mask_presence(out["seg_logits"].cpu(), size, self.mask_presence_top).tolist()
+        mask_present = (mask_presence(out["seg_logits"].cpu(), size, self.mask_presence_top).tolist()
+                        if self.presence_from in ("mask", "both") else [None] * len(phrases))
         results = []
         for k, slot in enumerate(image_index.tolist()):
             rgb, _, placement, note, (w, h) = prepared[slot]

@@ -30,6 +30,8 @@ def dumps(value):
 
 
 def loads(data):
+    """JSON bytes' value: orjson, or json's own error (and its acceptance of NaN, a byte-order mark) where orjson
+    refuses."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -88,14 +90,6 @@ class Part:
         self.coco.append(extra.get("coco_id", -1))
 
 
-def parse_line(line):
-    """A JSONL line's value; json's own error (and its acceptance of NaN, a byte-order mark) where orjson refuses."""
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return json.loads(line)
-
-
 def jsonl_part(path, start, end, source=0):
     """The records of path's bytes [start, end) (whole lines), lines numbered from 1 at start."""
     part = Part(source)
@@ -110,7 +104,7 @@ def jsonl_part(path, start, end, source=0):
             if not line.strip():
                 continue
             try:
-                record = parse_line(line)
+                record = loads(line)
             except json.JSONDecodeError as err:
                 part.error = (n, f"malformed JSON ({err.msg} at column {err.colno}); fix or remove the line")
                 return part
