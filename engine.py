@@ -19,7 +19,7 @@ from evaluation.box_metrics import prediction_ious, summarize, summarize_by_grou
 from evaluation.generalized_metrics import format_generalized
 from evaluation.generalized_results import summarize_generalized_results
 from evaluation.mask_metrics import MAPS, summarize_mask_results
-from evaluation.presence import MASK_PRESENCE_TOP, mask_presence
+from evaluation.presence import MASK_PRESENCE_TOP, mask_presence, segmentation_maps
 from evaluation.segmentation_map import canvas_probabilities, segmentation_confidence
 from models.checkpoint import CheckpointError, json_config, load_state_dict_checked, safe_load, tokenizer_info
 from utils.distributed import all_gather_object, get_world_size, is_main_process, reduce_mean
@@ -198,7 +198,7 @@ def evaluate(model, data_loader, device, amp="off", desc="Eval", mask_scorer=Non
         boxes = outputs["pred_boxes"].float()
         ious = prediction_ious(boxes, batch["target"])
         confidence = segmentation_confidence(canvas_probabilities(outputs["seg_logits"], batch["img"].shape[-1]))
-        mask_present = mask_presence(outputs["seg_logits"], batch["img"].shape[-1], mask_presence_top).tolist()
+        mask_present = mask_presence(segmentation_maps(outputs), batch["img"].shape[-1], mask_presence_top).tolist()
         seg_logits = outputs["seg_logits"].float().cpu() if mask_scorer is not None else None
         present = outputs.get("presence_logits")
         present = present.float().sigmoid().tolist() if present is not None else [None] * len(ious)

@@ -6,26 +6,40 @@ import argparse
 import math
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 
 from .mask_boxes import MIN_COMPONENT_AREA
 
 SOURCES = ("head", "mask", "both")
-# The mask's score: the sigmoid of the mean logit over the map's highest share of the canvas (docs/generalized.md,
-# "Presence from the mask", gives the candidates' AUROC this was chosen by). Stored beside a threshold chosen for it.
+# The mask's score: the sigmoid of the mean logit over the map's highest share of the canvas, averaged over the maps
+# the model has (the grid head's, and the fine head's refinement of it where there is one); docs/generalized.md,
+# "Presence from the mask", gives the candidates' AUROC this was chosen by. Stored beside a threshold chosen for it.
 MASK_PRESENCE_TOP = 0.01
-MASK_STATISTIC = "sigmoid of the mean of the top share of canvas logits"
+MASK_STATISTIC = "sigmoid of the mean over the grid and fine maps of the mean of the top share of canvas logits"
+GRID_MAP = "grid_seg_logits"  # the model's output holding the grid head's map beside a fine head's
 
 
-def mask_presence(seg_logits, size, top=MASK_PRESENCE_TOP):
-    """[B, g, g] logits of the segmentation map -> [B] float64 scores: the map upsampled to the size x size canvas
-    (bilinearly, as evaluation.segmentation_map does), the mean of its highest max(1, top x size^2) logits, through a
-    sigmoid in float64: high where the map holds an object of that size or more, low where it is empty everywhere.
-    Logits, not probabilities: a confident map's probabilities round to 1 in float32 and no longer rank."""
-    logits = F.interpolate(seg_logits.float()[:, None], size=(size, size), mode="bilinear", align_corners=False)
-    flat = logits.flatten(1)
-    k = max(1, min(flat.shape[1], round(top * flat.shape[1])))
-    return flat.topk(k, dim=1).values.double().mean(1).sigmoid()
+def segmentation_maps(out):
+    """The maps of a model's output that mask presence reads: seg_logits, and the grid head's map where seg_logits
+    comes from a fine head."""
+    return [out["seg_logits"]] + ([out[GRID_MAP]] if GRID_MAP in out else [])
+
+
+def mask_presence(maps, size, top=MASK_PRESENCE_TOP):
+    """[B, h, w] logits of a segmentation map, or a list of maps of the same phrases -> [B] float64 scores: each map
+    upsampled to the size x size canvas (bilinearly, as evaluation.segmentation_map does), the mean of its highest
+    max(1, top x size^2) logits, averaged over the maps, through a sigmoid in float64: high where the maps hold an
+    object of that size or more, low where they are empty everywhere. Logits, not probabilities: a confident map's
+    probabilities round to 1 in float32 and no longer rank. Two maps (grid and fine) rank better than either alone:
+    their errors differ."""
+    means = []
+    for seg_logits in [maps] if torch.is_tensor(maps) else maps:
+        logits = F.interpolate(seg_logits.float()[:, None], size=(size, size), mode="bilinear", align_corners=False)
+        flat = logits.flatten(1)
+        k = max(1, min(flat.shape[1], round(top * flat.shape[1])))
+        means.append(flat.topk(k, dim=1).values.double().mean(1))
+    return torch.stack(means).mean(0).sigmoid()
 
 
 def presence_scores(head, mask):
@@ -129,9 +143,13 @@ def stored_threshold(thresholds, source, where, top=MASK_PRESENCE_TOP):
     """The threshold chosen on validation for source (and a mask score's top share), as a checkpoint (or export)
     stores them; ValueError naming where it should have been and what to do."""
     if not usable(thresholds, source, top):
-        raise ValueError(f"--presence_threshold auto: {where} holds no presence threshold for --presence_from "
-                         f"{source}{'' if source == 'head' else f' at --mask_presence_top {top}'} (training on data "
-                         f"with no-target phrases stores them); give a number, or choose one on a validation split "
-                         f"with eval.py --presence_threshold auto")
+        flag = f"--presence_from {source}{'' if source == 'head' else f' at --mask_presence_top {top}'}"
+        held = (thresholds or {}).get(source)
+        if held:
+            what = (f"holds a presence threshold for {flag} chosen for another mask statistic "
+                    f"({held.get('mask_statistic', 'an earlier one')})")
+        else:
+            what = f"holds no presence threshold for {flag} (training on data with no-target phrases stores them)"
+        raise ValueError(f"--presence_threshold auto: {where} {what}; give a number, or choose one on a validation "
+                         f"split with eval.py --presence_threshold auto")
     return float(thresholds[source]["threshold"])
-

@@ -1,7 +1,7 @@
 """The inference graph as ONNX (tools/export_onnx.py): images, their padding masks, token ids, attention masks and
-each expression's image index in; the box and the evaluation segmentation logits out (and a presence head's logit where
-the model has one). The configuration and the vocabulary go into the file's metadata, so that inference.onnx_runtime
-needs nothing else (docs/onnx.md)."""
+each expression's image index in; the box and the evaluation segmentation logits out (and the grid head's map beside a
+fine head's, and a presence head's logit, where the model has them). The configuration and the vocabulary go into the
+file's metadata, so that inference.onnx_runtime needs nothing else (docs/onnx.md)."""
 import json
 import logging
 import warnings
@@ -11,6 +11,7 @@ from torch import nn
 
 from datasets.tokenizer import encode_text
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from evaluation.presence import GRID_MAP
 from models.checkpoint import json_config
 from utils.files import atomic_write
 
@@ -19,18 +20,24 @@ from .onnx_runtime import INPUT_NAMES, OUTPUT_NAMES, PRESENCE_OUTPUT, OnnxRuntim
 DEFAULT_OPSET = 18
 
 
+def graph_outputs(model):
+    """The export's outputs: pred_boxes [B, 4] (cx, cy, w, h on the canvas) and seg_logits [B, h, w]; with a fine
+    head grid_seg_logits [B, g, g] (mask presence reads both maps); with a presence head presence_logits [B]."""
+    return (OUTPUT_NAMES + ([GRID_MAP] if getattr(model, "mask_head", None) is not None else [])
+            + ([PRESENCE_OUTPUT] if getattr(model, "presence_head", None) is not None else []))
+
+
 class InferenceGraph(nn.Module):
-    """The model with plain tensor inputs and a tuple out: what the exporter traces."""
+    """The model with plain tensor inputs and a tuple out (graph_outputs' order): what the exporter traces."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.names = graph_outputs(model)
 
     def forward(self, image, image_mask, text_ids, text_mask, image_index):
         out = self.model(image, image_mask, text_ids, text_mask, aux=False, image_index=image_index)
-        if PRESENCE_OUTPUT in out:  # [B]
-            return out["pred_boxes"], out["seg_logits"], out[PRESENCE_OUTPUT]
-        return out["pred_boxes"], out["seg_logits"]  # [B, 4] cx, cy, w, h on the canvas; [B, g, g]
+        return tuple(out[name] for name in self.names)
 
 
 def example_inputs(args, tokenizer, phrases, seed=0, image_index=None):
@@ -75,7 +82,6 @@ def export_onnx(model, args, tokenizer, path, opset=DEFAULT_OPSET, batch="dynami
     else:  # a fixed batch of one image per expression
         inputs, dynamic_shapes = example_inputs(args, tokenizer, ["a"] * fixed), None
     graph = InferenceGraph(model).eval()
-    output_names = OUTPUT_NAMES + ([PRESENCE_OUTPUT] if getattr(model, "presence_head", None) is not None else [])
     # The exporter's optimiser logs every constant it leaves unfolded; only its errors are worth printing.
     quiet = logging.getLogger("onnxscript")
     level = quiet.level
@@ -84,7 +90,7 @@ def export_onnx(model, args, tokenizer, path, opset=DEFAULT_OPSET, batch="dynami
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
             program = torch.onnx.export(graph, inputs, dynamo=True, opset_version=opset, input_names=INPUT_NAMES,
-                                        output_names=output_names, dynamic_shapes=dynamic_shapes,
+                                        output_names=graph.names, dynamic_shapes=dynamic_shapes,
                                         external_data=False, verbose=False)
     finally:
         quiet.setLevel(level)
@@ -105,7 +111,7 @@ def parity_phrases(args):
 def compare_with_onnxruntime(model, args, tokenizer, path, batches=(1, 3), seed=1):
     """ONNX Runtime vs model (the same prepared model that was exported, one image per expression) on generated
     batches, each also with its phrases grouped two per image where the export takes that. Returns the largest
-    absolute differences: "boxes" (canvas units, 0-1) and "probabilities" (of the segmentation map), and "presence"
+    absolute differences: "boxes" (canvas units, 0-1) and "probabilities" (of the segmentation maps), and "presence"
     (its probability) for a model with a presence head."""
     network = OnnxRuntimeModel(path)
     phrases = parity_phrases(args)
@@ -119,8 +125,10 @@ def compare_with_onnxruntime(model, args, tokenizer, path, batches=(1, 3), seed=
         expected = model(image[image_index], image_mask[image_index], text_ids, text_mask, aux=False)
         got = network(image, image_mask, text_ids, text_mask, image_index=image_index)
         worst["boxes"] = max(worst["boxes"], (got["pred_boxes"] - expected["pred_boxes"]).abs().max().item())
-        prob = (got["seg_logits"].sigmoid() - expected["seg_logits"].sigmoid()).abs().max().item()
-        worst["probabilities"] = max(worst["probabilities"], prob)
+        for name in ("seg_logits", GRID_MAP):
+            if name in got:
+                prob = (got[name].sigmoid() - expected[name].sigmoid()).abs().max().item()
+                worst["probabilities"] = max(worst["probabilities"], prob)
         if PRESENCE_OUTPUT in expected:
             presence = (got[PRESENCE_OUTPUT].sigmoid() - expected[PRESENCE_OUTPUT].sigmoid()).abs().max().item()
             worst["presence"] = max(worst.get("presence", 0.0), presence)

@@ -5,11 +5,13 @@ from pathlib import Path
 
 import torch
 
+from evaluation.presence import GRID_MAP
+
 # The graph's interface, which inference.onnx_export writes and this module reads. image_index [B] names each
 # expression's image among the I images of the call, so that the CNN runs once per image.
 INPUT_NAMES = ["image", "image_mask", "text_ids", "text_mask", "image_index"]
 OUTPUT_NAMES = ["pred_boxes", "seg_logits"]
-PRESENCE_OUTPUT = "presence_logits"  # a third output, from a model with a presence head
+PRESENCE_OUTPUT = "presence_logits"  # from a model with a presence head
 QUANTIZATION_KEY = "segvg_quantization"  # metadata of an int8 version (inference.onnx_quantize): what was quantised
 
 
@@ -53,7 +55,7 @@ def run_feed(network, feed):
 
 class OnnxRuntimeModel:
     """model(image, image_mask, text_ids, text_mask, aux=False, image_index=None) -> {"pred_boxes", "seg_logits"} (and
-    "presence_logits" from an export with a presence head) through ONNX Runtime.
+    "grid_seg_logits" from an export with a fine head, "presence_logits" with a presence head) through ONNX Runtime.
     metadata: the export's configuration ("segvg_config", a dict) and vocabulary ("segvg_vocab", token list)."""
 
     def __init__(self, path, device="cpu"):
@@ -72,6 +74,8 @@ class OnnxRuntimeModel:
         self.vocab = props["segvg_vocab"].split("\n")
         self.presence_thresholds = json.loads(props.get("segvg_presence_thresholds", "{}"))
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # Exports of a fine head made before mask presence read both maps have the fine map alone.
+        self.lacks_grid_map = self.config.get("mask_head") == "fine" and GRID_MAP not in self.output_names
 
     def check_matches(self, args, source):
         """The export must have the image size and text length of args, the configuration of source (a checkpoint):

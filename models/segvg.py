@@ -87,7 +87,8 @@ class SegVG(nn.Module):
         ``aux_boxes`` [layers, B, 4], with --presence_head ``presence_logits`` [B] (the phrase's object is in the
         image), ``seg_logits`` (the model's mask, last layer, first segmentation query:
         [B, g, g] from the grid head, [B, S/mask_stride, S/mask_stride] from the fine head, in training with
-        --mask_head_samples N of the first N samples only) and, when ``aux``
+        --mask_head_samples N of the first N samples only), with the fine head ``grid_seg_logits`` [B, g, g] (the
+        grid head's map it refines, which mask presence reads too) and, when ``aux``
         (default: in training), ``aux_seg_logits`` [layers, seg queries, B, g, g] (the grid head's).
         """
         aux = self.training if aux is None else aux
@@ -119,6 +120,7 @@ class SegVG(nn.Module):
         pixels = memory[:, text.shape[1]:]  # [B, V, C]
         grid = (self.grid_size, self.grid_size)
         seg_logits = self.seg_head(hs[-1, :, 1:2], pixels)[:, 0].unflatten(-1, grid)  # [B, g, g]
+        out = {"pred_boxes": boxes[-1], "aux_boxes": boxes, "seg_logits": seg_logits}
         if self.mask_head is not None:
             # In training with --mask_head_samples the head runs on the batch's first samples only; detached, its
             # terms train the head alone.
@@ -129,9 +131,9 @@ class SegVG(nn.Module):
                 return t.detach() if self.mask_head_detached else t
 
             features = {s: take(f) for s, f in {**finer, 1: img}.items()}
-            seg_logits = self.mask_head(take(hs[-1, :, 1]), take(pixels), take(seg_logits), features,
-                                        image_index=image_index)
-        out = {"pred_boxes": boxes[-1], "aux_boxes": boxes, "seg_logits": seg_logits}
+            out["grid_seg_logits"] = seg_logits
+            out["seg_logits"] = self.mask_head(take(hs[-1, :, 1]), take(pixels), take(seg_logits), features,
+                                               image_index=image_index)
         if self.presence_head is not None:
             token = hs[-1, :, 0].detach() if self.presence_head_detached else hs[-1, :, 0]
             out["presence_logits"] = self.presence_head(token)[:, 0]  # [B]

@@ -12,7 +12,8 @@ from helpers import model_inputs, noise_image, synthetic_batch, tiny_args, witho
 import eval as eval_script
 import train
 from datasets import demo
-from evaluation.presence import choose_threshold, mask_presence, parse_threshold, presence_source, score_and_threshold
+from evaluation.presence import (GRID_MAP, choose_threshold, mask_presence, parse_threshold, presence_source,
+                                 score_and_threshold, segmentation_maps)
 from inference import SegVGPredictor
 from inference.app_request import ground
 from models import build_criterion, build_model
@@ -34,6 +35,25 @@ def test_mask_presence_is_the_mean_of_the_top_share_of_logits():
     assert mask_presence(logits, 10, top=1.0)[1] == pytest.approx(torch.tensor(mean).double().sigmoid().item())
     # On a larger canvas the map is upsampled bilinearly first: an empty map stays empty.
     assert mask_presence(logits, 40, top=0.01)[0] == pytest.approx(scores[0].item())
+    # Two maps of the same phrases (a fine head's and the grid head's it refines, of another size): the mean of
+    # their top-share means.
+    top_grid = torch.tensor([-4.0, 10.0, 2.0])
+    both = mask_presence([logits, top_grid.view(3, 1, 1).expand(3, 5, 5)], 10, top=0.04)
+    fine_means = torch.stack([torch.tensor(-20.0), torch.tensor(30.0), torch.linspace(-10, 9.9, 100)[-4:].mean()])
+    assert torch.allclose(both, ((fine_means + top_grid) / 2).double().sigmoid())
+
+
+@pytest.mark.parametrize("mask_head", ["grid", "fine"])
+def test_mask_presence_reads_every_map_the_model_has(mask_head):
+    args = tiny_args("--mask_head", mask_head)
+    torch.manual_seed(0)
+    model = build_model(args).eval()
+    with torch.no_grad():
+        out = model(*model_inputs(synthetic_batch(args, batch=2)), aux=False)
+    maps = segmentation_maps(out)
+    assert len(maps) == (2 if mask_head == "fine" else 1) and maps[0] is out["seg_logits"]
+    if mask_head == "fine":  # the grid head's map, which the fine head refines at a higher resolution
+        assert maps[1] is out[GRID_MAP] and maps[1].shape[-1] < maps[0].shape[-1]
 
 
 def test_the_chosen_threshold_maximises_n_acc_plus_t_acc():
@@ -88,7 +108,7 @@ def test_no_target_phrases_train_the_maps_toward_empty(mask_head):
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mask_presence")
     with_head = write_tiny_checkpoint(folder / "presence.pth", extra=("--presence_head",))
-    plain = write_tiny_checkpoint(folder / "plain.pth")
+    plain = write_tiny_checkpoint(folder / "plain.pth", extra=("--mask_head", "fine"))  # two maps to read
     return with_head, plain, noise_image(folder / "photo.png")
 
 
@@ -120,19 +140,29 @@ def test_the_app_answers_not_found_from_the_mask_of_a_checkpoint_without_a_head(
     assert sum("not found (presence from the mask" in note for note in answer["notes"]) == 2
 
 
-def test_onnx_runtime_gives_pytorchs_mask_presence(checkpoints, tmp_path):
+def test_onnx_runtime_gives_pytorchs_mask_presence(checkpoints, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime", reason="pip install -r requirements-onnx.txt")
     pytest.importorskip("onnxscript", reason="pip install -r requirements-onnx.txt")
+    from inference import onnx_export
+    from inference.onnx_runtime import OUTPUT_NAMES
     from tools import export_onnx
 
     _, plain, photo = checkpoints
     path = tmp_path / "plain.onnx"
     assert export_onnx.main(["--checkpoint", str(plain), "--out", str(path)]) == 0
-    onnx_result = SegVGPredictor.from_onnx(path, plain, presence_from="mask")(photo, PHRASES)
+    onnx_predictor = SegVGPredictor.from_onnx(path, plain, presence_from="mask")
+    assert GRID_MAP in onnx_predictor.model.output_names  # the fine head's export carries the grid map too
+    onnx_result = onnx_predictor(photo, PHRASES)
     torch_result = SegVGPredictor.from_checkpoint(plain, device="cpu", presence_from="mask")(photo, PHRASES)
     for a, b in zip(onnx_result, torch_result):
         assert a["presence_from"] == b["presence_from"] == "mask"
         assert abs(a["present"] - b["present"]) <= 1e-3 and a["found"] == b["found"]
+    # An export made before mask presence read both maps (the fine map alone) is refused for it, not misread.
+    monkeypatch.setattr(onnx_export, "graph_outputs", lambda model: OUTPUT_NAMES)
+    assert export_onnx.main(["--checkpoint", str(plain), "--out", str(tmp_path / "old.onnx"), "--batch", "1"]) == 0
+    with pytest.raises(ValueError, match="old.onnx holds the fine head's map alone.*export the checkpoint again"):
+        SegVGPredictor.from_onnx(tmp_path / "old.onnx", plain, presence_from="mask")
+    SegVGPredictor.from_onnx(tmp_path / "old.onnx", plain)  # boxes and maps alone: still served
 
 
 @pytest.fixture(scope="module")

@@ -16,27 +16,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import build_dataset, build_eval_loader
 from evaluation.generalized_metrics import auroc
-from evaluation.presence import choose_threshold, mask_presence
+from evaluation.presence import choose_threshold, mask_presence, segmentation_maps
 from evaluation.segmentation_map import canvas_probabilities, segmentation_confidence
 from models.pretrained import load_from_checkpoint
 
 TOPS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 
-def candidates(seg_logits, size):
-    """{name: [B] scores} of [B, g, g] segmentation logits: statistics of the canvas probabilities, and of the canvas
-    logits (evaluation.presence.mask_presence, the one chosen)."""
-    prob = canvas_probabilities(seg_logits, size)
+def candidates(out, size):
+    """{name: [B] scores} of a model output's segmentation maps: statistics of the canvas probabilities of seg_logits,
+    and of canvas logits: of seg_logits, and where the model has a fine head of the grid head's map and of both maps
+    (evaluation.presence.mask_presence, the one chosen)."""
+    prob = canvas_probabilities(out["seg_logits"], size)
     flat = prob.flatten(1)
-    out = {"probabilities: max": flat.max(1).values}
+    scores = {"probabilities: max": flat.max(1).values}
     for top in TOPS:
         k = max(1, round(top * flat.shape[1]))
-        out[f"probabilities: mean of the top {top:.2%}"] = flat.topk(k, 1).values.mean(1)
-    out["probabilities: mean above 0.35 (the paper's confidence)"] = segmentation_confidence(prob)
-    out["probabilities: share above 0.5"] = (flat > 0.5).float().mean(1)
-    out["probabilities: mean of the map"] = flat.mean(1)
-    out.update({f"logits: mean of the top {top:.2%}": mask_presence(seg_logits, size, top) for top in TOPS})
-    return out
+        scores[f"probabilities: mean of the top {top:.2%}"] = flat.topk(k, 1).values.mean(1)
+    scores["probabilities: mean above 0.35 (the paper's confidence)"] = segmentation_confidence(prob)
+    scores["probabilities: share above 0.5"] = (flat > 0.5).float().mean(1)
+    scores["probabilities: mean of the map"] = flat.mean(1)
+    maps = segmentation_maps(out)
+    named = {"fine map" if len(maps) > 1 else "map": maps[0]}
+    if len(maps) > 1:
+        named.update({"grid map": maps[1], "both maps": maps})
+    for name, value in named.items():
+        scores.update({f"logits, {name}: mean of the top {top:.2%}": mask_presence(value, size, top) for top in TOPS})
+    return scores
 
 
 def get_args_parser():
@@ -64,7 +70,7 @@ def main(argv=None):
     for batch in tqdm(build_eval_loader(dataset, opts.batch_size, 0), desc="maps"):
         out = model(batch["img"], batch["img_mask"], batch["text_ids"], batch["text_mask"], aux=False,
                     image_index=batch["image_index"])
-        for name, values in candidates(out["seg_logits"], args.imsize).items():
+        for name, values in candidates(out, args.imsize).items():
             scores.setdefault(name, []).extend(values.tolist())
         labels += [dataset.n_targets(i) > 0 for i in batch["index"].tolist()]
     print(f"{opts.checkpoint} on {args.dataset}:{opts.eval_set}: {sum(labels)} phrases with a target, "
