@@ -26,8 +26,7 @@ from evaluation.mask_metrics import MaskScorer
 from evaluation.mask_refine import add_mask_refine_flag
 from evaluation.overlays import write_dataset_overlays
 from evaluation.predictions import evaluation_records, worst_and_best
-from evaluation.presence import (add_answer_flags, choose_threshold, has_presence_head, presence_scores,
-                                 presence_source, usable)
+from evaluation.presence import add_answer_flags, choose_threshold, presence_scores, presence_source, usable
 from evaluation.segmentation_map import MASK_THRESHOLD
 from inference.fast_path import prepare_for_inference
 from inference.onnx_runtime import OnnxRuntimeModel
@@ -237,7 +236,7 @@ def presence_answer(opts, model, tokenizer, args, device, split, dataset):
     """{"source", "threshold", "chosen_on"} of the "not found" answer: the source asked for (or the head where the
     model has one), the threshold given, or with auto the one the checkpoint stores for that source, else one chosen
     on the dataset's val split now ("auto" left when that split is the one being evaluated: chosen on its results)."""
-    source = presence_source(opts.presence_from, has_presence_head(model))
+    source = presence_source(opts.presence_from, model)
     if source is None or opts.presence_threshold != "auto":
         return {"source": source, "threshold": opts.presence_threshold if source else 0.5, "chosen_on": None}
     stored = getattr(model, "presence_thresholds", {})

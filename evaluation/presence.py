@@ -120,11 +120,17 @@ def has_presence_head(model):
             or "presence_logits" in getattr(model, "output_names", ()))
 
 
-def presence_source(requested, has_head):
-    """The source used: the one asked for (both and head need a presence head), else head where there is one."""
+def presence_source(requested, model):
+    """The source used for model (a PyTorch model or an ONNX export): the one asked for, else head where there is
+    one. ValueError where model cannot give it: head and both need a presence head; mask and both need every map the
+    statistic reads, which an export of a fine head made before it read the grid head's map too lacks."""
+    has_head = has_presence_head(model)
     if requested in ("head", "both") and not has_head:
         raise ValueError(f"--presence_from {requested}: the checkpoint has no presence head (train with "
                          f"--presence_head), use --presence_from mask")
+    if requested in ("mask", "both") and getattr(model, "lacks_grid_map", False):
+        raise ValueError(f"{model.path} holds the fine head's map alone, and the mask's presence score reads the grid "
+                         f"head's map too: export the checkpoint again with tools/export_onnx.py")
     return requested or ("head" if has_head else None)
 
 

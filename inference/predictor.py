@@ -28,8 +28,8 @@ from datasets.tokenizer import encode_text
 from datasets.transforms import canvas_map_to_image, canvas_to_image, make_transforms
 from evaluation.mask_boxes import MIN_COMPONENT_AREA, boxes_from_mask
 from evaluation.mask_refine import refine_mask
-from evaluation.presence import (MASK_PRESENCE_TOP, has_presence_head, mask_presence, presence_scores, presence_source,
-                                 segmentation_maps, stored_threshold)
+from evaluation.presence import (MASK_PRESENCE_TOP, mask_presence, presence_scores, presence_source, segmentation_maps,
+                                 stored_threshold)
 from evaluation.segmentation_map import MASK_THRESHOLD, canvas_probabilities, segmentation_confidence
 from models.checkpoint import resolve_config, tokenizer_from_checkpoint, tokenizer_overrides
 from models.pretrained import load_from_checkpoint, read_checkpoint
@@ -89,10 +89,7 @@ class SegVGPredictor:
         at a reduced scale (not with mask_refine, which works on the image's pixels)."""
         if exif not in EXIF_MODES:
             raise ValueError(f"unknown EXIF mode {exif!r}; choose from {', '.join(EXIF_MODES)}")
-        self.presence_from = presence_source(presence_from, has_presence_head(model))
-        if self.presence_from in ("mask", "both") and getattr(model, "lacks_grid_map", False):
-            raise ValueError(f"{model.path} holds the fine head's map alone, and mask presence reads the grid head's "
-                             f"map too: export the checkpoint again with tools/export_onnx.py")
+        self.presence_from = presence_source(presence_from, model)
         if presence_threshold == "auto" and self.presence_from is not None:
             presence_threshold = stored_threshold(getattr(model, "presence_thresholds", {}), self.presence_from,
                                                   "the checkpoint", mask_presence_top)

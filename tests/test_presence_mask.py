@@ -4,6 +4,7 @@ source, the focal term that trains the maps toward empty on no-target phrases, t
 from the mask of a checkpoint without a presence head."""
 import argparse
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -69,9 +70,10 @@ def test_the_chosen_threshold_maximises_n_acc_plus_t_acc():
     assert parse_threshold("auto") == "auto" and parse_threshold("0.25") == 0.25
     with pytest.raises(argparse.ArgumentTypeError, match="give a number"):
         parse_threshold("half")
-    assert presence_source(None, False) is None and presence_source(None, True) == "head"
+    plain, with_head = SimpleNamespace(), SimpleNamespace(presence_head=torch.nn.Linear(1, 1))
+    assert presence_source(None, plain) is None and presence_source(None, with_head) == "head"
     with pytest.raises(ValueError, match="has no presence head"):
-        presence_source("both", False)
+        presence_source("both", plain)
 
 
 @pytest.mark.parametrize("mask_head", ["grid", "fine"])
@@ -144,7 +146,7 @@ def test_onnx_runtime_gives_pytorchs_mask_presence(checkpoints, tmp_path, monkey
     pytest.importorskip("onnxruntime", reason="pip install -r requirements-onnx.txt")
     pytest.importorskip("onnxscript", reason="pip install -r requirements-onnx.txt")
     from inference import onnx_export
-    from inference.onnx_runtime import OUTPUT_NAMES
+    from inference.onnx_runtime import OUTPUT_NAMES, OnnxRuntimeModel
     from tools import export_onnx
 
     _, plain, photo = checkpoints
@@ -162,6 +164,8 @@ def test_onnx_runtime_gives_pytorchs_mask_presence(checkpoints, tmp_path, monkey
     assert export_onnx.main(["--checkpoint", str(plain), "--out", str(tmp_path / "old.onnx"), "--batch", "1"]) == 0
     with pytest.raises(ValueError, match="old.onnx holds the fine head's map alone.*export the checkpoint again"):
         SegVGPredictor.from_onnx(tmp_path / "old.onnx", plain, presence_from="mask")
+    with pytest.raises(ValueError, match="old.onnx holds the fine head's map alone"):  # eval.py asks the same
+        presence_source("mask", OnnxRuntimeModel(tmp_path / "old.onnx"))
     SegVGPredictor.from_onnx(tmp_path / "old.onnx", plain)  # boxes and maps alone: still served
 
 
