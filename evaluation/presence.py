@@ -16,7 +16,8 @@ SOURCES = ("head", "mask", "both")
 # the model has (the grid head's, and the fine head's refinement of it where there is one); docs/generalized.md,
 # "Presence from the mask", gives the candidates' AUROC this was chosen by. Stored beside a threshold chosen for it.
 MASK_PRESENCE_TOP = 0.01
-MASK_STATISTIC = "sigmoid of the mean over the grid and fine maps of the mean of the top share of canvas logits"
+MASK_STATISTIC = ("sigmoid of the mean, over the model's maps (grid, and fine where there is one), of the mean of the "
+                  "top share of canvas logits")
 GRID_MAP = "grid_seg_logits"  # the model's output holding the grid head's map beside a fine head's
 
 
