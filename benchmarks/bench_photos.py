@@ -18,18 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.checkpoints import ROOT, write_checkpoint
+from benchmarks.checkpoints import PEAK_MB, ROOT, write_checkpoint
 
-FIGURE = r"""
+FIGURE = PEAK_MB + r"""
 import json, sys, time
-
-
-def peak_mb():
-    # VmHWM, not ru_maxrss: ru_maxrss keeps the parent's resident size from before exec
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
-
-
 from inference import SegVGPredictor
 checkpoint, photo, reduced, repeats = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
 if sys.argv[5] == "keep":  # as predict.py and app.py set it
@@ -43,8 +35,7 @@ for _ in range(repeats):
     start = time.perf_counter()
     result = predictor(photo, "the thing")
     seconds.append(time.perf_counter() - start)
-print(json.dumps({"seconds": sorted(seconds)[len(seconds) // 2], "box": result["box"],
-                  "peak_mb": peak_mb(),
+print(json.dumps({"seconds": sorted(seconds)[len(seconds) // 2], "box": result["box"], "peak_mb": peak_mb(),
                   "imsize": predictor.args.imsize}))
 """
 
@@ -120,6 +111,7 @@ def main(argv=None):
                 peak = statistics.median(r["peak_mb"] for r in values)
                 print(f"| {name} | {variant} | {seconds:.3f} ({min(every):.3f}-{max(every):.3f}) | {peak:.0f} MB "
                       f"| {base / seconds:.2f}x | {diff:.2f} |")
+
 
 if __name__ == "__main__":
     main()

@@ -18,18 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.checkpoints import ROOT, write_checkpoint
+from benchmarks.checkpoints import PEAK_MB, ROOT, write_checkpoint
 
-FIGURE = r"""
+FIGURE = PEAK_MB + r"""
 import json, sys, time
-
-
-def peak_mb():
-    # VmHWM, not ru_maxrss: ru_maxrss keeps the parent's resident size from before exec
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
-
-
 start = time.perf_counter()
 kind, path = sys.argv[1], sys.argv[2]
 if kind == "read pth":

@@ -1,7 +1,15 @@
-"""The benchmarks' models: the full-size SegVG with parity case A's weights, or a small seeded one."""
+"""The benchmarks' models (the full-size SegVG with parity case A's weights, or a small seeded one), and what the
+processes they measure share."""
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Source for a measured child process (python -c, maybe in another checkout): peak_mb(), its peak resident memory.
+# VmHWM, not ru_maxrss: ru_maxrss keeps the parent's resident size from before exec.
+PEAK_MB = """
+def peak_mb():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+"""
 
 
 def write_checkpoint(path, model_flags):
